@@ -1,0 +1,14 @@
+//! hvrun's device models. They never import a hypervisor: they are reached through the
+//! [`MmioBus`], see guest memory through vm-memory, and raise interrupts through an [`IrqLine`].
+//! That is what lets the same devices serve KVM and Hypervisor.framework, and be unit-tested on
+//! any host.
+
+pub mod bus;
+pub mod irq;
+pub mod pvpanic;
+pub mod serial;
+
+pub use bus::{BusDevice, BusError, MmioBus};
+pub use irq::IrqLine;
+pub use pvpanic::PvPanic;
+pub use serial::Uart16550;

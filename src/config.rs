@@ -1,0 +1,382 @@
+//! Validated user intent: what VM to build. Every mistake a user can make on the command line is
+//! caught here and explained in one line, before any hypervisor is touched.
+
+use std::path::{Path, PathBuf};
+
+use boot::layout::{self, MIN_RAM};
+use boot::{KernelError, KernelImage};
+
+use crate::hv::HostLimits;
+
+/// The default kernel command line: the 16550 as the console, and `earlycon` (which finds the
+/// UART through the FDT's stdout-path) so messages before the console driver are not lost.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 earlycon";
+/// Guest RAM if `--mem` is not given.
+pub const DEFAULT_MEM: u64 = 512 << 20;
+/// Largest initrd we read into memory.
+const MAX_INITRD: u64 = 1 << 30;
+/// Guest RAM is handed out in 2 MiB blocks (the device tree takes the last one).
+const MEM_GRANULE: u64 = 2 << 20;
+
+/// A user mistake, said so the user knows what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("{flag} {path}: {source}")]
+    Unreadable {
+        flag: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--initrd {0}: larger than 1 GiB; is it really an initramfs?")]
+    InitrdTooBig(PathBuf),
+    #[error("--mem {0}")]
+    BadMem(String),
+    #[error("--mem {0}: guest memory must be at least 64 MiB")]
+    MemTooSmall(String),
+    #[error("--mem {0}: guest memory must be a multiple of 2 MiB")]
+    MemNotAligned(String),
+    #[error(
+        "--mem {given}: this host's guest address space ({ipa_bits} bits) holds at most {max_mib} MiB \
+         of RAM; ask for less"
+    )]
+    MemBeyondHost {
+        given: String,
+        ipa_bits: u32,
+        max_mib: u64,
+    },
+    #[error("--cpus 0: a guest needs at least one vCPU")]
+    NoCpus,
+    #[error("--cpus {given}: this host allows at most {max} vCPUs per VM")]
+    TooManyCpus { given: u32, max: u32 },
+    #[error("--cmdline: the kernel command line may not contain a NUL byte")]
+    CmdlineNul,
+}
+
+/// Parses a memory size: a bare number is MiB (`2048`); `K`, `M`, `G`, `T` suffixes (optionally
+/// followed by `B` or `iB`, any case) are binary units (`512M`, `2G`, `1GiB`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let lower = t.to_ascii_lowercase();
+    let number_end = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (digits, unit) = lower.split_at(number_end);
+    let shift = match unit.trim_end_matches("ib").trim_end_matches('b') {
+        "" if unit.is_empty() => 20,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => {
+            return Err(format!(
+                "`{t}` is not a size: use MiB (2048) or a unit (512M, 2G)"
+            ))
+        }
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("`{t}` is not a size: use MiB (2048) or a unit (512M, 2G)"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{t}` is too large"))
+}
+
+/// Everything needed to build the VM, checked.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    pub kernel: KernelImage,
+    pub initrd: Option<Vec<u8>>,
+    pub cmdline: String,
+    pub mem_bytes: u64,
+    /// How the user wrote `--mem`, for messages.
+    pub mem_text: String,
+    pub vcpus: u32,
+    pub disks: Vec<PathBuf>,
+    /// Reboot the guest on PSCI SYSTEM_RESET (the default) instead of exiting.
+    pub reboot: bool,
+}
+
+/// The user's choices as given on the command line, before checking.
+#[derive(Clone, Debug, Default)]
+pub struct VmArgs {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: Option<String>,
+    pub mem: Option<String>,
+    pub cpus: u32,
+    pub disks: Vec<PathBuf>,
+    pub no_reboot: bool,
+}
+
+impl VmConfig {
+    /// Checks `args` and reads the kernel and initrd.
+    pub fn from_args(args: &VmArgs) -> Result<Self, ConfigError> {
+        let mem_text = args
+            .mem
+            .clone()
+            .unwrap_or_else(|| format!("{}M", DEFAULT_MEM >> 20));
+        let mem_bytes = parse_size(&mem_text).map_err(ConfigError::BadMem)?;
+        if mem_bytes < MIN_RAM {
+            return Err(ConfigError::MemTooSmall(mem_text));
+        }
+        if mem_bytes % MEM_GRANULE != 0 {
+            return Err(ConfigError::MemNotAligned(mem_text));
+        }
+        if args.cpus == 0 {
+            return Err(ConfigError::NoCpus);
+        }
+        if args.cpus > layout::MAX_VCPUS {
+            return Err(ConfigError::TooManyCpus {
+                given: args.cpus,
+                max: layout::MAX_VCPUS,
+            });
+        }
+        let cmdline = args
+            .cmdline
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+        if cmdline.contains('\0') {
+            return Err(ConfigError::CmdlineNul);
+        }
+        for disk in &args.disks {
+            check_readable("--disk", disk)?;
+        }
+        check_readable("--kernel", &args.kernel)?;
+        let kernel = KernelImage::open(&args.kernel)?;
+        let initrd = match &args.initrd {
+            Some(path) => Some(read_initrd(path)?),
+            None => None,
+        };
+        Ok(VmConfig {
+            kernel,
+            initrd,
+            cmdline,
+            mem_bytes,
+            mem_text,
+            vcpus: args.cpus,
+            disks: args.disks.clone(),
+            reboot: !args.no_reboot,
+        })
+    }
+
+    /// Checks the parts that depend on what the host's hypervisor allows.
+    pub fn check_host(&self, limits: &HostLimits) -> Result<(), ConfigError> {
+        if self.vcpus > limits.max_vcpus {
+            return Err(ConfigError::TooManyCpus {
+                given: self.vcpus,
+                max: limits.max_vcpus,
+            });
+        }
+        if layout::required_ipa_bits(self.mem_bytes) > limits.max_ipa_bits {
+            return Err(ConfigError::MemBeyondHost {
+                given: self.mem_text.clone(),
+                ipa_bits: limits.max_ipa_bits,
+                max_mib: layout::max_ram_for_ipa_bits(limits.max_ipa_bits) >> 20,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Opens `path` to prove it exists and is readable (a directory is not).
+fn check_readable(flag: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let unreadable = |source| ConfigError::Unreadable {
+        flag,
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let meta = file.metadata().map_err(unreadable)?;
+    if meta.is_dir() {
+        return Err(unreadable(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "is a directory, expected a file",
+        )));
+    }
+    Ok(())
+}
+
+fn read_initrd(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    check_readable("--initrd", path)?;
+    let unreadable = |source| ConfigError::Unreadable {
+        flag: "--initrd",
+        path: path.to_owned(),
+        source,
+    };
+    if std::fs::metadata(path).map_err(unreadable)?.len() > MAX_INITRD {
+        return Err(ConfigError::InitrdTooBig(path.to_owned()));
+    }
+    std::fs::read(path).map_err(unreadable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("2048"), Ok(2048 << 20));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("512m"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("64MB"), Ok(64 << 20));
+        assert_eq!(parse_size("65536K"), Ok(64 << 20));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("1.5G").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    /// A directory with a fake kernel, for config tests.
+    struct Fixture {
+        dir: PathBuf,
+    }
+
+    impl Fixture {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("hvrun-config-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut image = vec![0u8; 4096];
+            image[0x10..0x18].copy_from_slice(&(1u64 << 20).to_le_bytes());
+            image[0x38..0x3c].copy_from_slice(b"ARMd");
+            std::fs::File::create(dir.join("Image"))
+                .unwrap()
+                .write_all(&image)
+                .unwrap();
+            std::fs::write(dir.join("not-a-kernel"), b"hello").unwrap();
+            Fixture { dir }
+        }
+        fn args(&self) -> VmArgs {
+            VmArgs {
+                kernel: self.dir.join("Image"),
+                cpus: 1,
+                ..Default::default()
+            }
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn err(args: &VmArgs) -> String {
+        VmConfig::from_args(args).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults() {
+        let f = Fixture::new("defaults");
+        let cfg = VmConfig::from_args(&f.args()).unwrap();
+        assert_eq!(cfg.mem_bytes, DEFAULT_MEM);
+        assert_eq!(cfg.cmdline, DEFAULT_CMDLINE);
+        assert!(cfg.reboot);
+        assert!(cfg.initrd.is_none());
+    }
+
+    #[test]
+    fn every_mistake_has_a_message() {
+        let f = Fixture::new("mistakes");
+        let missing = VmArgs {
+            kernel: f.dir.join("nope"),
+            ..f.args()
+        };
+        assert!(err(&missing).starts_with("--kernel "), "{}", err(&missing));
+        let not_kernel = VmArgs {
+            kernel: f.dir.join("not-a-kernel"),
+            ..f.args()
+        };
+        assert!(err(&not_kernel).contains("is not an arm64 Linux kernel"));
+        let dir_kernel = VmArgs {
+            kernel: f.dir.clone(),
+            ..f.args()
+        };
+        assert!(err(&dir_kernel).contains("is a directory"));
+        let small = VmArgs {
+            mem: Some("32M".into()),
+            ..f.args()
+        };
+        assert_eq!(
+            err(&small),
+            "--mem 32M: guest memory must be at least 64 MiB"
+        );
+        let junk = VmArgs {
+            mem: Some("lots".into()),
+            ..f.args()
+        };
+        assert!(
+            err(&junk).starts_with("--mem `lots` is not a size"),
+            "{}",
+            err(&junk)
+        );
+        let odd = VmArgs {
+            mem: Some("65M".into()),
+            ..f.args()
+        };
+        assert!(err(&odd).contains("multiple of 2 MiB"));
+        let zero = VmArgs {
+            cpus: 0,
+            ..f.args()
+        };
+        assert!(err(&zero).contains("at least one vCPU"));
+        let many = VmArgs {
+            cpus: 500,
+            ..f.args()
+        };
+        assert!(err(&many).contains("at most 123 vCPUs"));
+        let disk = VmArgs {
+            disks: vec![f.dir.join("no-disk")],
+            ..f.args()
+        };
+        assert!(err(&disk).starts_with("--disk "));
+        let initrd = VmArgs {
+            initrd: Some(f.dir.join("no-initrd")),
+            ..f.args()
+        };
+        assert!(err(&initrd).starts_with("--initrd "));
+        let nul = VmArgs {
+            cmdline: Some("a\0b".into()),
+            ..f.args()
+        };
+        assert!(err(&nul).contains("NUL"));
+    }
+
+    #[test]
+    fn host_limits_are_enforced() {
+        let f = Fixture::new("host");
+        let cfg = VmConfig::from_args(&VmArgs {
+            mem: Some("64G".into()),
+            cpus: 4,
+            ..f.args()
+        })
+        .unwrap();
+        let roomy = HostLimits {
+            max_vcpus: 8,
+            max_ipa_bits: 40,
+        };
+        assert!(cfg.check_host(&roomy).is_ok());
+        let small_ipa = HostLimits {
+            max_vcpus: 8,
+            max_ipa_bits: 36,
+        };
+        let e = cfg.check_host(&small_ipa).unwrap_err().to_string();
+        assert!(e.contains("(36 bits) holds at most 64512 MiB"), "{e}");
+        let few_cpus = HostLimits {
+            max_vcpus: 2,
+            max_ipa_bits: 40,
+        };
+        assert!(cfg
+            .check_host(&few_cpus)
+            .unwrap_err()
+            .to_string()
+            .contains("at most 2 vCPUs"));
+    }
+}

@@ -1,0 +1,129 @@
+//! The `hvrun` command: parse the command line, check it, run the VM, turn the way it ended into
+//! an exit code (see `hvrun::exit_code`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use hvrun::config::{parse_size, VmArgs, VmConfig};
+use hvrun::console::Console;
+use hvrun::exit_code;
+use hvrun::stop::VmOutcome;
+
+/// Boot an arm64 Linux guest on Hypervisor.framework (macOS) or KVM (arm64 Linux).
+#[derive(Parser, Debug)]
+#[command(version, about, after_help = EXIT_CODES)]
+struct Cli {
+    /// Kernel: an arm64 `Image`, gzip'd Image (`vmlinuz`) or EFI zboot image.
+    #[arg(long, value_name = "PATH")]
+    kernel: PathBuf,
+    /// Initial ramdisk (initramfs) to hand to the kernel.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line [default: "console=ttyS0 earlycon"].
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+    /// Guest RAM: MiB (2048) or with a unit (512M, 2G) [default: 512M].
+    #[arg(long, value_name = "SIZE", value_parser = check_size)]
+    mem: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    cpus: u32,
+    /// Raw disk image (repeatable). Checked now; the virtio-blk device is not implemented yet.
+    #[arg(long, value_name = "PATH")]
+    disk: Vec<PathBuf>,
+    /// Exit with code 3 when the guest resets, instead of rebooting it.
+    #[arg(long)]
+    no_reboot: bool,
+}
+
+const EXIT_CODES: &str = "Exit codes: 0 guest powered off · 1 hvrun failed · 2 bad usage or \
+unsupported host · 3 guest reset with --no-reboot · 4 guest kernel panicked · 130 quit (Ctrl-A x)\n\
+Console: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.";
+
+/// Lets clap reject a malformed size with the parser's message.
+fn check_size(text: &str) -> Result<String, String> {
+    parse_size(text).map(|_| text.to_string())
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
+    let cli = Cli::parse();
+    let args = VmArgs {
+        kernel: cli.kernel,
+        initrd: cli.initrd,
+        cmdline: cli.cmdline,
+        mem: cli.mem,
+        cpus: cli.cpus,
+        disks: cli.disk,
+        no_reboot: cli.no_reboot,
+    };
+    let config = match VmConfig::from_args(&args) {
+        Ok(config) => config,
+        Err(e) => return fail(exit_code::USAGE, &e.to_string()),
+    };
+    if !config.disks.is_empty() {
+        eprintln!(
+            "hvrun: warning: --disk is checked but not attached yet (virtio-blk is not implemented); \
+             the guest will not see {} disk(s)",
+            config.disks.len()
+        );
+    }
+    ExitCode::from(run(&config) as u8)
+}
+
+/// Prints `message` as hvrun's one-line error and returns `code`.
+fn fail(code: i32, message: &str) -> ExitCode {
+    eprintln!("hvrun: {message}");
+    ExitCode::from(code as u8)
+}
+
+#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+fn run(config: &VmConfig) -> i32 {
+    use hvrun::hv::kvm::KvmHypervisor;
+    use hvrun::hv::Hypervisor;
+
+    let hv = match KvmHypervisor::open() {
+        Ok(hv) => hv,
+        Err(e) => {
+            eprintln!("hvrun: {e}: hvrun needs arm64 Linux with a working /dev/kvm (or an Apple Silicon Mac)");
+            return exit_code::USAGE;
+        }
+    };
+    if let Err(e) = config.check_host(&hv.limits()) {
+        eprintln!("hvrun: {e}");
+        return exit_code::USAGE;
+    }
+    let console = Console::start();
+    let result = hvrun::vmm::run(&hv, config, &console);
+    drop(console); // restores the terminal before anything more is printed
+    match result {
+        Ok(VmOutcome::Failed(why)) => {
+            eprintln!("hvrun: {why}");
+            exit_code::FAILED
+        }
+        Ok(outcome) => {
+            if outcome == VmOutcome::GuestPanic {
+                eprintln!("hvrun: the guest kernel panicked");
+            }
+            exit_code::for_outcome(&outcome)
+        }
+        Err(e) => {
+            eprintln!("hvrun: {e}");
+            exit_code::FAILED
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_arch = "aarch64")))]
+fn run(_config: &VmConfig) -> i32 {
+    let _ = (Console::start as fn() -> Console, VmOutcome::Quit);
+    eprintln!(
+        "hvrun: this host cannot run arm64 guests: hvrun needs an Apple Silicon Mac \
+         (Hypervisor.framework) or arm64 Linux with /dev/kvm"
+    );
+    exit_code::USAGE
+}

@@ -1,0 +1,251 @@
+//! Builds one VM — memory, devices, boot images, device tree, vCPU threads — runs it until it
+//! stops, and reboots it on request. The only module that knows every other one.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use boot::layout::{self, RAM_BASE};
+use boot::{fdt, BootPlacement, FdtConfig};
+use devices::pvpanic::GuestPanic;
+use devices::{MmioBus, PvPanic, Uart16550};
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+};
+
+use crate::arch::aarch64::{boot_registers, mpidr_for_vcpu};
+use crate::config::VmConfig;
+use crate::console::Console;
+use crate::hv::{HvError, Hypervisor, MemoryPerms, Vm, VmSpec};
+use crate::stop::{StopSignal, VmOutcome};
+use crate::vcpu::VcpuThread;
+
+/// Why a VM could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Hypervisor(#[from] HvError),
+    #[error("cannot allocate {0} MiB of guest memory: {1}")]
+    Memory(u64, String),
+    #[error(transparent)]
+    Kernel(#[from] boot::KernelError),
+    #[error(transparent)]
+    Placement(#[from] boot::PlacementError),
+    #[error("building the device tree failed: {0}")]
+    Fdt(String),
+    #[error("wiring devices failed: {0}")]
+    Devices(#[from] devices::BusError),
+    #[error("cannot start vCPU thread {0}: {1}")]
+    Thread(u32, std::io::Error),
+    #[error("creating vCPU failed: {0}")]
+    VcpuCreate(String),
+}
+
+/// Runs the configured guest until it powers off, panics, or (with `reboot` off) resets.
+/// A guest reset rebuilds the VM from scratch: fresh memory, devices and vCPUs.
+pub fn run<H: Hypervisor>(
+    hv: &H,
+    config: &VmConfig,
+    console: &Console,
+) -> Result<VmOutcome, VmmError> {
+    loop {
+        let outcome = run_once(hv, config, console)?;
+        if outcome == VmOutcome::Reset && config.reboot {
+            log::info!("guest reset: rebooting");
+            continue;
+        }
+        return Ok(outcome);
+    }
+}
+
+/// Builds the VM, runs it, and tears it down.
+fn run_once<H: Hypervisor>(
+    hv: &H,
+    config: &VmConfig,
+    console: &Console,
+) -> Result<VmOutcome, VmmError> {
+    // Declared before the VM so it is dropped after it: KVM or HVF may touch guest memory until
+    // the VM is gone.
+    let memory =
+        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(RAM_BASE), config.mem_bytes as usize)])
+            .map_err(|e| VmmError::Memory(config.mem_bytes >> 20, e.to_string()))?;
+    let spec = VmSpec {
+        vcpus: config.vcpus,
+        ipa_bits: layout::required_ipa_bits(config.mem_bytes),
+    };
+    let vm = Arc::new(hv.create_vm(&spec)?);
+    for region in memory.iter() {
+        let host = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|e| VmmError::Memory(config.mem_bytes >> 20, e.to_string()))?;
+        // SAFETY: `memory` owns the mapping and outlives `vm` (declared first, dropped last, and
+        // every vCPU thread is joined before this function returns).
+        unsafe { vm.map_memory(host, region.start_addr().0, region.len(), MemoryPerms::RWX)? };
+    }
+
+    let stop = Arc::new(StopSignal::new());
+    let (bus, uart) = build_devices(vm.as_ref(), &stop)?;
+    let entry = load_boot_images(hv, config, &memory)?;
+
+    console.attach(uart, stop.clone());
+    let outcome = run_vcpus(vm, config.vcpus, entry, Arc::new(bus), &stop);
+    console.detach();
+    outcome
+}
+
+/// Puts the platform devices on a new bus and returns it with the console UART.
+fn build_devices<V: Vm>(
+    vm: &V,
+    stop: &Arc<StopSignal>,
+) -> Result<(MmioBus, Arc<Mutex<Uart16550>>), VmmError> {
+    let mut bus = MmioBus::new();
+    let uart = Arc::new(Mutex::new(Uart16550::new(
+        vm.irq_line(layout::UART_SPI),
+        Box::new(std::io::stdout()),
+    )));
+    bus.insert(layout::UART_BASE, layout::UART_SIZE, "uart", uart.clone())?;
+
+    let panic_stop = stop.clone();
+    let pvpanic = PvPanic::new(move |event| match event {
+        GuestPanic::Panicked => panic_stop.request(VmOutcome::GuestPanic),
+        GuestPanic::CrashLoaded => log::info!("guest crashed into its kdump kernel"),
+    });
+    bus.insert(
+        layout::PVPANIC_BASE,
+        layout::PVPANIC_SIZE,
+        "pvpanic",
+        Arc::new(Mutex::new(pvpanic)),
+    )?;
+    Ok((bus, uart))
+}
+
+/// Where the boot vCPU starts.
+#[derive(Clone, Copy, Debug)]
+struct BootEntry {
+    kernel: u64,
+    fdt: u64,
+}
+
+/// Loads the kernel and initrd, then writes the device tree that points at them.
+fn load_boot_images<H: Hypervisor>(
+    hv: &H,
+    config: &VmConfig,
+    memory: &GuestMemoryMmap,
+) -> Result<BootEntry, VmmError> {
+    let initrd_len = config.initrd.as_ref().map_or(0, |i| i.len() as u64);
+    let place = BootPlacement::plan(config.mem_bytes, config.kernel.footprint(), initrd_len)?;
+    let kernel = config
+        .kernel
+        .load(memory, GuestAddress(place.kernel_base))?;
+    if let Some(initrd) = &config.initrd {
+        place.write_initrd(memory, initrd)?;
+    }
+
+    let mpidrs: Vec<u64> = (0..config.vcpus).map(mpidr_for_vcpu).collect();
+    let mut rng_seed = [0u8; 64];
+    fill_random(&mut rng_seed);
+    let mut kaslr = [0u8; 8];
+    fill_random(&mut kaslr);
+    let blob = fdt::build(&FdtConfig {
+        ram_size: config.mem_bytes,
+        cpu_mpidrs: &mpidrs,
+        cmdline: &config.cmdline,
+        initrd: place.initrd,
+        psci: hv.psci_conduit(),
+        virtio: &[],
+        rng_seed: &rng_seed,
+        kaslr_seed: u64::from_le_bytes(kaslr),
+    })
+    .map_err(|e| VmmError::Fdt(e.to_string()))?;
+    place.write_fdt(memory, &blob)?;
+    debug_assert!(memory.address_in_range(GuestAddress(place.fdt)));
+    Ok(BootEntry {
+        kernel: kernel.entry.0,
+        fdt: place.fdt,
+    })
+}
+
+/// Fills `buf` from the host's entropy source (getrandom); zeros if that fails, which only
+/// costs the guest an early entropy seed.
+fn fill_random(buf: &mut [u8]) {
+    // SAFETY: `buf` is valid for writes of its length.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n != buf.len() as isize {
+        log::warn!("getrandom failed; the guest gets no early entropy seed");
+        buf.fill(0);
+    }
+}
+
+/// Starts one thread per vCPU, finalises the VM once all exist, and waits for the VM to stop.
+fn run_vcpus<V: Vm>(
+    vm: Arc<V>,
+    vcpus: u32,
+    entry: BootEntry,
+    bus: Arc<MmioBus>,
+    stop: &Arc<StopSignal>,
+) -> Result<VmOutcome, VmmError> {
+    let (created_tx, created_rx) = mpsc::channel();
+    let mut threads = Vec::new();
+    let mut go = Vec::new();
+    for index in 0..vcpus {
+        let (go_tx, go_rx) = mpsc::channel();
+        let initial_regs = if index == 0 {
+            boot_registers(entry.kernel, entry.fdt).to_vec()
+        } else {
+            Vec::new()
+        };
+        let thread = VcpuThread {
+            vm: vm.clone(),
+            index,
+            initial_regs,
+            bus: bus.clone(),
+            stop: stop.clone(),
+            created: created_tx.clone(),
+            go: go_rx,
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || thread.run());
+        match spawned {
+            Ok(handle) => threads.push(handle),
+            Err(e) => {
+                drop(go); // the threads already started see a hang-up and return
+                join_all(threads);
+                return Err(VmmError::Thread(index, e));
+            }
+        }
+        go.push(go_tx);
+    }
+    drop(created_tx);
+
+    let mut failure = None;
+    for _ in 0..vcpus {
+        match created_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Err(_) => failure = failure.or(Some("a vCPU thread ended before reporting".into())),
+        }
+    }
+    if failure.is_none() {
+        if let Err(e) = vm.vcpus_created() {
+            failure = Some(e.to_string());
+        }
+    }
+    if let Some(e) = failure {
+        drop(go);
+        join_all(threads);
+        return Err(VmmError::VcpuCreate(e));
+    }
+    for tx in &go {
+        let _ = tx.send(true);
+    }
+
+    let outcome = stop.wait();
+    join_all(threads);
+    Ok(outcome)
+}
+
+fn join_all(threads: Vec<std::thread::JoinHandle<()>>) {
+    for t in threads {
+        let _ = t.join();
+    }
+}
