@@ -42,11 +42,9 @@ pub enum ConfigError {
         "--mem {given}: this host's guest address space ({ipa_bits} bits) holds at most {max_mib} MiB \
          of RAM; ask for less"
     )]
-    MemBeyondHost {
-        given: String,
-        ipa_bits: u32,
-        max_mib: u64,
-    },
+    MemBeyondHost { given: String, ipa_bits: u32, max_mib: u64 },
+    #[error("--mem {given}: more than this host's {host_mib} MiB of RAM; ask for less")]
+    MemBeyondHostRam { given: String, host_mib: u64 },
     #[error("--cpus 0: a guest needs at least one vCPU")]
     NoCpus,
     #[error("--cpus {given}: this host allows at most {max} vCPUs per VM")]
@@ -60,9 +58,7 @@ pub enum ConfigError {
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let lower = t.to_ascii_lowercase();
-    let number_end = lower
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(lower.len());
+    let number_end = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
     let (digits, unit) = lower.split_at(number_end);
     let shift = match unit.trim_end_matches("ib").trim_end_matches('b') {
         "" if unit.is_empty() => 20,
@@ -70,17 +66,12 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "m" => 20,
         "g" => 30,
         "t" => 40,
-        _ => {
-            return Err(format!(
-                "`{t}` is not a size: use MiB (2048) or a unit (512M, 2G)"
-            ))
-        }
+        _ => return Err(format!("`{t}` is not a size: use MiB (2048) or a unit (512M, 2G)")),
     };
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("`{t}` is not a size: use MiB (2048) or a unit (512M, 2G)"))?;
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("`{t}` is too large"))
+    n.checked_mul(1 << shift).ok_or_else(|| format!("`{t}` is too large"))
 }
 
 /// Everything needed to build the VM, checked.
@@ -113,10 +104,7 @@ pub struct VmArgs {
 impl VmConfig {
     /// Checks `args` and reads the kernel and initrd.
     pub fn from_args(args: &VmArgs) -> Result<Self, ConfigError> {
-        let mem_text = args
-            .mem
-            .clone()
-            .unwrap_or_else(|| format!("{}M", DEFAULT_MEM >> 20));
+        let mem_text = args.mem.clone().unwrap_or_else(|| format!("{}M", DEFAULT_MEM >> 20));
         let mem_bytes = parse_size(&mem_text).map_err(ConfigError::BadMem)?;
         if mem_bytes < MIN_RAM {
             return Err(ConfigError::MemTooSmall(mem_text));
@@ -128,15 +116,9 @@ impl VmConfig {
             return Err(ConfigError::NoCpus);
         }
         if args.cpus > layout::MAX_VCPUS {
-            return Err(ConfigError::TooManyCpus {
-                given: args.cpus,
-                max: layout::MAX_VCPUS,
-            });
+            return Err(ConfigError::TooManyCpus { given: args.cpus, max: layout::MAX_VCPUS });
         }
-        let cmdline = args
-            .cmdline
-            .clone()
-            .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+        let cmdline = args.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
         if cmdline.contains('\0') {
             return Err(ConfigError::CmdlineNul);
         }
@@ -164,9 +146,12 @@ impl VmConfig {
     /// Checks the parts that depend on what the host's hypervisor allows.
     pub fn check_host(&self, limits: &HostLimits) -> Result<(), ConfigError> {
         if self.vcpus > limits.max_vcpus {
-            return Err(ConfigError::TooManyCpus {
-                given: self.vcpus,
-                max: limits.max_vcpus,
+            return Err(ConfigError::TooManyCpus { given: self.vcpus, max: limits.max_vcpus });
+        }
+        if limits.host_ram_bytes > 0 && self.mem_bytes > limits.host_ram_bytes {
+            return Err(ConfigError::MemBeyondHostRam {
+                given: self.mem_text.clone(),
+                host_mib: limits.host_ram_bytes >> 20,
             });
         }
         if layout::required_ipa_bits(self.mem_bytes) > limits.max_ipa_bits {
@@ -182,11 +167,7 @@ impl VmConfig {
 
 /// Opens `path` to prove it exists and is readable (a directory is not).
 fn check_readable(flag: &'static str, path: &Path) -> Result<(), ConfigError> {
-    let unreadable = |source| ConfigError::Unreadable {
-        flag,
-        path: path.to_owned(),
-        source,
-    };
+    let unreadable = |source| ConfigError::Unreadable { flag, path: path.to_owned(), source };
     let file = std::fs::File::open(path).map_err(unreadable)?;
     let meta = file.metadata().map_err(unreadable)?;
     if meta.is_dir() {
@@ -200,11 +181,8 @@ fn check_readable(flag: &'static str, path: &Path) -> Result<(), ConfigError> {
 
 fn read_initrd(path: &Path) -> Result<Vec<u8>, ConfigError> {
     check_readable("--initrd", path)?;
-    let unreadable = |source| ConfigError::Unreadable {
-        flag: "--initrd",
-        path: path.to_owned(),
-        source,
-    };
+    let unreadable =
+        |source| ConfigError::Unreadable { flag: "--initrd", path: path.to_owned(), source };
     if std::fs::metadata(path).map_err(unreadable)?.len() > MAX_INITRD {
         return Err(ConfigError::InitrdTooBig(path.to_owned()));
     }
@@ -246,19 +224,12 @@ mod tests {
             let mut image = vec![0u8; 4096];
             image[0x10..0x18].copy_from_slice(&(1u64 << 20).to_le_bytes());
             image[0x38..0x3c].copy_from_slice(b"ARMd");
-            std::fs::File::create(dir.join("Image"))
-                .unwrap()
-                .write_all(&image)
-                .unwrap();
+            std::fs::File::create(dir.join("Image")).unwrap().write_all(&image).unwrap();
             std::fs::write(dir.join("not-a-kernel"), b"hello").unwrap();
             Fixture { dir }
         }
         fn args(&self) -> VmArgs {
-            VmArgs {
-                kernel: self.dir.join("Image"),
-                cpus: 1,
-                ..Default::default()
-            }
+            VmArgs { kernel: self.dir.join("Image"), cpus: 1, ..Default::default() }
         }
     }
 
@@ -285,98 +256,44 @@ mod tests {
     #[test]
     fn every_mistake_has_a_message() {
         let f = Fixture::new("mistakes");
-        let missing = VmArgs {
-            kernel: f.dir.join("nope"),
-            ..f.args()
-        };
+        let missing = VmArgs { kernel: f.dir.join("nope"), ..f.args() };
         assert!(err(&missing).starts_with("--kernel "), "{}", err(&missing));
-        let not_kernel = VmArgs {
-            kernel: f.dir.join("not-a-kernel"),
-            ..f.args()
-        };
+        let not_kernel = VmArgs { kernel: f.dir.join("not-a-kernel"), ..f.args() };
         assert!(err(&not_kernel).contains("is not an arm64 Linux kernel"));
-        let dir_kernel = VmArgs {
-            kernel: f.dir.clone(),
-            ..f.args()
-        };
+        let dir_kernel = VmArgs { kernel: f.dir.clone(), ..f.args() };
         assert!(err(&dir_kernel).contains("is a directory"));
-        let small = VmArgs {
-            mem: Some("32M".into()),
-            ..f.args()
-        };
-        assert_eq!(
-            err(&small),
-            "--mem 32M: guest memory must be at least 64 MiB"
-        );
-        let junk = VmArgs {
-            mem: Some("lots".into()),
-            ..f.args()
-        };
-        assert!(
-            err(&junk).starts_with("--mem `lots` is not a size"),
-            "{}",
-            err(&junk)
-        );
-        let odd = VmArgs {
-            mem: Some("65M".into()),
-            ..f.args()
-        };
+        let small = VmArgs { mem: Some("32M".into()), ..f.args() };
+        assert_eq!(err(&small), "--mem 32M: guest memory must be at least 64 MiB");
+        let junk = VmArgs { mem: Some("lots".into()), ..f.args() };
+        assert!(err(&junk).starts_with("--mem `lots` is not a size"), "{}", err(&junk));
+        let odd = VmArgs { mem: Some("65M".into()), ..f.args() };
         assert!(err(&odd).contains("multiple of 2 MiB"));
-        let zero = VmArgs {
-            cpus: 0,
-            ..f.args()
-        };
+        let zero = VmArgs { cpus: 0, ..f.args() };
         assert!(err(&zero).contains("at least one vCPU"));
-        let many = VmArgs {
-            cpus: 500,
-            ..f.args()
-        };
+        let many = VmArgs { cpus: 500, ..f.args() };
         assert!(err(&many).contains("at most 123 vCPUs"));
-        let disk = VmArgs {
-            disks: vec![f.dir.join("no-disk")],
-            ..f.args()
-        };
+        let disk = VmArgs { disks: vec![f.dir.join("no-disk")], ..f.args() };
         assert!(err(&disk).starts_with("--disk "));
-        let initrd = VmArgs {
-            initrd: Some(f.dir.join("no-initrd")),
-            ..f.args()
-        };
+        let initrd = VmArgs { initrd: Some(f.dir.join("no-initrd")), ..f.args() };
         assert!(err(&initrd).starts_with("--initrd "));
-        let nul = VmArgs {
-            cmdline: Some("a\0b".into()),
-            ..f.args()
-        };
+        let nul = VmArgs { cmdline: Some("a\0b".into()), ..f.args() };
         assert!(err(&nul).contains("NUL"));
     }
 
     #[test]
     fn host_limits_are_enforced() {
         let f = Fixture::new("host");
-        let cfg = VmConfig::from_args(&VmArgs {
-            mem: Some("64G".into()),
-            cpus: 4,
-            ..f.args()
-        })
-        .unwrap();
-        let roomy = HostLimits {
-            max_vcpus: 8,
-            max_ipa_bits: 40,
-        };
+        let cfg =
+            VmConfig::from_args(&VmArgs { mem: Some("64G".into()), cpus: 4, ..f.args() }).unwrap();
+        let roomy = HostLimits { max_vcpus: 8, max_ipa_bits: 40, host_ram_bytes: 128 << 30 };
         assert!(cfg.check_host(&roomy).is_ok());
-        let small_ipa = HostLimits {
-            max_vcpus: 8,
-            max_ipa_bits: 36,
-        };
+        let small_ipa = HostLimits { max_ipa_bits: 36, ..roomy };
         let e = cfg.check_host(&small_ipa).unwrap_err().to_string();
         assert!(e.contains("(36 bits) holds at most 64512 MiB"), "{e}");
-        let few_cpus = HostLimits {
-            max_vcpus: 2,
-            max_ipa_bits: 40,
-        };
-        assert!(cfg
-            .check_host(&few_cpus)
-            .unwrap_err()
-            .to_string()
-            .contains("at most 2 vCPUs"));
+        let few_cpus = HostLimits { max_vcpus: 2, ..roomy };
+        assert!(cfg.check_host(&few_cpus).unwrap_err().to_string().contains("at most 2 vCPUs"));
+        let small_host = HostLimits { host_ram_bytes: 16 << 30, ..roomy };
+        let e = cfg.check_host(&small_host).unwrap_err().to_string();
+        assert_eq!(e, "--mem 64G: more than this host's 16384 MiB of RAM; ask for less");
     }
 }

@@ -53,10 +53,8 @@ impl Console {
 
     /// Sends input to `uart`; the quit key stops `stop`'s VM.
     pub fn attach(&self, uart: Arc<Mutex<Uart16550>>, stop: Arc<StopSignal>) {
-        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = Target {
-            uart: Some(uart),
-            stop: Some(stop),
-        };
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) =
+            Target { uart: Some(uart), stop: Some(stop) };
     }
 
     /// Stops sending input anywhere (the VM is gone).
@@ -99,11 +97,7 @@ fn read_stdin(target: Arc<Mutex<Target>>, escapes: bool) {
                 after_escape = false;
                 match byte {
                     QUIT => {
-                        let stop = target
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .stop
-                            .clone();
+                        let stop = target.lock().unwrap_or_else(|p| p.into_inner()).stop.clone();
                         if let Some(stop) = stop {
                             stop.request(VmOutcome::Quit);
                         }
@@ -124,18 +118,11 @@ fn read_stdin(target: Arc<Mutex<Target>>, escapes: bool) {
 /// Hands `input` to the current UART, waiting while its receive FIFO is full.
 fn deliver(target: &Mutex<Target>, mut input: &[u8]) {
     while !input.is_empty() {
-        let uart = target
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .uart
-            .clone();
+        let uart = target.lock().unwrap_or_else(|p| p.into_inner()).uart.clone();
         let Some(uart) = uart else {
             return; // between VMs: input is dropped
         };
-        let taken = uart
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .enqueue_input(input);
+        let taken = uart.lock().unwrap_or_else(|p| p.into_inner()).enqueue_input(input);
         input = &input[taken..];
         if taken == 0 {
             std::thread::sleep(FIFO_FULL_BACKOFF);
@@ -183,12 +170,7 @@ fn install_restore_on_exit() {
     }));
     for signal in [libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
         // SAFETY: the handler only calls async-signal-safe functions (tcsetattr, signal, raise).
-        unsafe {
-            libc::signal(
-                signal,
-                restore_and_reraise as *const () as libc::sighandler_t,
-            )
-        };
+        unsafe { libc::signal(signal, restore_and_reraise as *const () as libc::sighandler_t) };
     }
 }
 

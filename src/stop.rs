@@ -45,10 +45,7 @@ impl StopSignal {
 
     /// Registers how to kick one vCPU out of the guest.
     pub fn add_kick(&self, kick: impl Fn() + Send + Sync + 'static) {
-        self.kicks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Box::new(kick));
+        self.kicks.lock().unwrap_or_else(|p| p.into_inner()).push(Box::new(kick));
     }
 
     /// Stops the VM for `outcome`. The first request wins; later ones are logged and dropped.
@@ -73,10 +70,7 @@ impl StopSignal {
     pub fn wait(&self) -> VmOutcome {
         let mut outcome = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
         while outcome.is_none() {
-            outcome = self
-                .stopped
-                .wait(outcome)
-                .unwrap_or_else(|p| p.into_inner());
+            outcome = self.stopped.wait(outcome).unwrap_or_else(|p| p.into_inner());
         }
         let result = outcome.clone().unwrap_or(VmOutcome::Quit);
         drop(outcome);

@@ -33,11 +33,7 @@ static UNCLAIMED_LOGGED: AtomicU32 = AtomicU32::new(0);
 /// hypervisor.
 pub fn handle_exit(exit: VmExit, bus: &MmioBus) -> ExitAction {
     match exit {
-        VmExit::Mmio {
-            addr,
-            size,
-            write: None,
-        } => {
+        VmExit::Mmio { addr, size, write: None } => {
             // Reads of addresses no device claims return zero (RAZ), as on a bus with nothing there.
             let value = bus.read(addr, size).unwrap_or_else(|| {
                 log_unclaimed(addr, size, "read");
@@ -45,11 +41,7 @@ pub fn handle_exit(exit: VmExit, bus: &MmioBus) -> ExitAction {
             });
             ExitAction::Resume(VmEntry::MmioData(value))
         }
-        VmExit::Mmio {
-            addr,
-            size,
-            write: Some(value),
-        } => {
+        VmExit::Mmio { addr, size, write: Some(value) } => {
             if !bus.write(addr, size, value) {
                 log_unclaimed(addr, size, "write");
             }
@@ -114,10 +106,7 @@ impl<V: Vm> VcpuThread<V> {
     /// The thread body: create the vCPU here (Hypervisor.framework requires it), report, wait
     /// for the go signal, run.
     pub fn run(self) {
-        let _panic_guard = PanicGuard {
-            stop: &self.stop,
-            index: self.index,
-        };
+        let _panic_guard = PanicGuard { stop: &self.stop, index: self.index };
         let mut vcpu = match self.create() {
             Ok(vcpu) => vcpu,
             Err(e) => {
@@ -136,8 +125,7 @@ impl<V: Vm> VcpuThread<V> {
     fn create(&self) -> Result<V::Vcpu, String> {
         let mut vcpu = self.vm.create_vcpu(self.index).map_err(|e| e.to_string())?;
         for &(reg, value) in &self.initial_regs {
-            vcpu.set_reg(reg, value)
-                .map_err(|e| format!("vCPU {}: {e}", self.index))?;
+            vcpu.set_reg(reg, value).map_err(|e| format!("vCPU {}: {e}", self.index))?;
         }
         Ok(vcpu)
     }
@@ -152,10 +140,7 @@ struct PanicGuard<'a> {
 impl Drop for PanicGuard<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.stop.request(VmOutcome::Failed(format!(
-                "vCPU {} thread panicked",
-                self.index
-            )));
+            self.stop.request(VmOutcome::Failed(format!("vCPU {} thread panicked", self.index)));
         }
     }
 }
@@ -186,20 +171,9 @@ mod tests {
     #[test]
     fn mmio_read_returns_the_device_value_sized() {
         let (bus, _) = bus_with_register();
-        let exit = VmExit::Mmio {
-            addr: 0x0900_0000,
-            size: 2,
-            write: None,
-        };
-        assert_eq!(
-            handle_exit(exit, &bus),
-            ExitAction::Resume(VmEntry::MmioData(0x7788))
-        );
-        let exit = VmExit::Mmio {
-            addr: 0x0900_0008,
-            size: 8,
-            write: None,
-        };
+        let exit = VmExit::Mmio { addr: 0x0900_0000, size: 2, write: None };
+        assert_eq!(handle_exit(exit, &bus), ExitAction::Resume(VmEntry::MmioData(0x7788)));
+        let exit = VmExit::Mmio { addr: 0x0900_0008, size: 8, write: None };
         assert_eq!(
             handle_exit(exit, &bus),
             ExitAction::Resume(VmEntry::MmioData(0x1122_3344_5566_7788))
@@ -209,11 +183,7 @@ mod tests {
     #[test]
     fn mmio_write_reaches_the_device() {
         let (bus, reg) = bus_with_register();
-        let exit = VmExit::Mmio {
-            addr: 0x0900_0010,
-            size: 4,
-            write: Some(0xcafe),
-        };
+        let exit = VmExit::Mmio { addr: 0x0900_0010, size: 4, write: Some(0xcafe) };
         assert_eq!(handle_exit(exit, &bus), ExitAction::Resume(VmEntry::Resume));
         assert_eq!(reg.lock().unwrap().0, 0xcafe);
     }
@@ -221,24 +191,10 @@ mod tests {
     #[test]
     fn unclaimed_addresses_read_as_zero_and_ignore_writes() {
         let (bus, reg) = bus_with_register();
-        let read = VmExit::Mmio {
-            addr: 0x1234,
-            size: 4,
-            write: None,
-        };
-        assert_eq!(
-            handle_exit(read, &bus),
-            ExitAction::Resume(VmEntry::MmioData(0))
-        );
-        let write = VmExit::Mmio {
-            addr: 0x1234,
-            size: 4,
-            write: Some(1),
-        };
-        assert_eq!(
-            handle_exit(write, &bus),
-            ExitAction::Resume(VmEntry::Resume)
-        );
+        let read = VmExit::Mmio { addr: 0x1234, size: 4, write: None };
+        assert_eq!(handle_exit(read, &bus), ExitAction::Resume(VmEntry::MmioData(0)));
+        let write = VmExit::Mmio { addr: 0x1234, size: 4, write: Some(1) };
+        assert_eq!(handle_exit(write, &bus), ExitAction::Resume(VmEntry::Resume));
         assert_eq!(reg.lock().unwrap().0, 0x1122_3344_5566_7788);
     }
 
@@ -246,23 +202,11 @@ mod tests {
     fn system_events_stop_the_vm() {
         let bus = MmioBus::new();
         let stop = |e| handle_exit(VmExit::System(e), &bus);
-        assert_eq!(
-            stop(SystemEvent::PowerOff),
-            ExitAction::Stop(VmOutcome::PowerOff)
-        );
+        assert_eq!(stop(SystemEvent::PowerOff), ExitAction::Stop(VmOutcome::PowerOff));
         assert_eq!(stop(SystemEvent::Reset), ExitAction::Stop(VmOutcome::Reset));
-        assert_eq!(
-            stop(SystemEvent::Crash),
-            ExitAction::Stop(VmOutcome::GuestPanic)
-        );
-        assert_eq!(
-            handle_exit(VmExit::Kicked, &bus),
-            ExitAction::Resume(VmEntry::Resume)
-        );
-        let unhandled = VmExit::Unhandled {
-            reason: "KVM exit",
-            detail: 0x11,
-        };
+        assert_eq!(stop(SystemEvent::Crash), ExitAction::Stop(VmOutcome::GuestPanic));
+        assert_eq!(handle_exit(VmExit::Kicked, &bus), ExitAction::Resume(VmEntry::Resume));
+        let unhandled = VmExit::Unhandled { reason: "KVM exit", detail: 0x11 };
         match handle_exit(unhandled, &bus) {
             ExitAction::Stop(VmOutcome::Failed(msg)) => assert!(msg.contains("KVM exit (0x11)")),
             other => panic!("unexpected {other:?}"),

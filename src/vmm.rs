@@ -68,10 +68,8 @@ fn run_once<H: Hypervisor>(
     let memory =
         GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(RAM_BASE), config.mem_bytes as usize)])
             .map_err(|e| VmmError::Memory(config.mem_bytes >> 20, e.to_string()))?;
-    let spec = VmSpec {
-        vcpus: config.vcpus,
-        ipa_bits: layout::required_ipa_bits(config.mem_bytes),
-    };
+    let spec =
+        VmSpec { vcpus: config.vcpus, ipa_bits: layout::required_ipa_bits(config.mem_bytes) };
     let vm = Arc::new(hv.create_vm(&spec)?);
     for region in memory.iter() {
         let host = region
@@ -133,9 +131,7 @@ fn load_boot_images<H: Hypervisor>(
 ) -> Result<BootEntry, VmmError> {
     let initrd_len = config.initrd.as_ref().map_or(0, |i| i.len() as u64);
     let place = BootPlacement::plan(config.mem_bytes, config.kernel.footprint(), initrd_len)?;
-    let kernel = config
-        .kernel
-        .load(memory, GuestAddress(place.kernel_base))?;
+    let kernel = config.kernel.load(memory, GuestAddress(place.kernel_base))?;
     if let Some(initrd) = &config.initrd {
         place.write_initrd(memory, initrd)?;
     }
@@ -158,10 +154,7 @@ fn load_boot_images<H: Hypervisor>(
     .map_err(|e| VmmError::Fdt(e.to_string()))?;
     place.write_fdt(memory, &blob)?;
     debug_assert!(memory.address_in_range(GuestAddress(place.fdt)));
-    Ok(BootEntry {
-        kernel: kernel.entry.0,
-        fdt: place.fdt,
-    })
+    Ok(BootEntry { kernel: kernel.entry.0, fdt: place.fdt })
 }
 
 /// Fills `buf` from the host's entropy source (getrandom); zeros if that fails, which only
@@ -188,11 +181,8 @@ fn run_vcpus<V: Vm>(
     let mut go = Vec::new();
     for index in 0..vcpus {
         let (go_tx, go_rx) = mpsc::channel();
-        let initial_regs = if index == 0 {
-            boot_registers(entry.kernel, entry.fdt).to_vec()
-        } else {
-            Vec::new()
-        };
+        let initial_regs =
+            if index == 0 { boot_registers(entry.kernel, entry.fdt).to_vec() } else { Vec::new() };
         let thread = VcpuThread {
             vm: vm.clone(),
             index,
@@ -202,9 +192,8 @@ fn run_vcpus<V: Vm>(
             created: created_tx.clone(),
             go: go_rx,
         };
-        let spawned = std::thread::Builder::new()
-            .name(format!("vcpu{index}"))
-            .spawn(move || thread.run());
+        let spawned =
+            std::thread::Builder::new().name(format!("vcpu{index}")).spawn(move || thread.run());
         match spawned {
             Ok(handle) => threads.push(handle),
             Err(e) => {

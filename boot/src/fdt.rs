@@ -142,10 +142,7 @@ fn cpus(fdt: &mut FdtWriter, mpidrs: &[u64]) -> FdtWriterResult<()> {
 
 fn psci(fdt: &mut FdtWriter, conduit: PsciConduit) -> FdtWriterResult<()> {
     let node = fdt.begin_node("psci")?;
-    fdt.property_string_list(
-        "compatible",
-        vec!["arm,psci-1.0".into(), "arm,psci-0.2".into()],
-    )?;
+    fdt.property_string_list("compatible", vec!["arm,psci-1.0".into(), "arm,psci-0.2".into()])?;
     let method = match conduit {
         PsciConduit::Hvc => "hvc",
         PsciConduit::Smc => "smc",
@@ -161,12 +158,7 @@ fn gic(fdt: &mut FdtWriter, vcpus: u32) -> FdtWriterResult<()> {
     fdt.property_u32("#interrupt-cells", 3)?;
     fdt.property_array_u64(
         "reg",
-        &[
-            layout::GICD_BASE,
-            layout::GICD_SIZE,
-            layout::GICR_BASE,
-            layout::gicr_size(vcpus),
-        ],
+        &[layout::GICD_BASE, layout::GICD_SIZE, layout::GICR_BASE, layout::gicr_size(vcpus)],
     )?;
     fdt.property_u32("#redistributor-regions", 1)?;
     fdt.property_phandle(GIC_PHANDLE)?;
@@ -177,10 +169,8 @@ fn timer(fdt: &mut FdtWriter) -> FdtWriterResult<()> {
     let node = fdt.begin_node("timer")?;
     fdt.property_string("compatible", "arm,armv8-timer")?;
     fdt.property_null("always-on")?;
-    let cells: Vec<u32> = TIMER_PPIS
-        .iter()
-        .flat_map(|&ppi| [GIC_PPI, ppi, IRQ_TYPE_LEVEL_HIGH])
-        .collect();
+    let cells: Vec<u32> =
+        TIMER_PPIS.iter().flat_map(|&ppi| [GIC_PPI, ppi, IRQ_TYPE_LEVEL_HIGH]).collect();
     fdt.property_array_u32("interrupts", &cells)?;
     fdt.end_node(node)
 }
@@ -191,10 +181,7 @@ fn uart(fdt: &mut FdtWriter) -> FdtWriterResult<()> {
     fdt.property_array_u64("reg", &[layout::UART_BASE, layout::UART_SIZE])?;
     fdt.property_u32("clock-frequency", UART_CLOCK_HZ)?;
     // The UART model signals "something changed" as an edge (vm-superio's Trigger).
-    fdt.property_array_u32(
-        "interrupts",
-        &[GIC_SPI, layout::UART_SPI, IRQ_TYPE_EDGE_RISING],
-    )?;
+    fdt.property_array_u32("interrupts", &[GIC_SPI, layout::UART_SPI, IRQ_TYPE_EDGE_RISING])?;
     fdt.end_node(node)
 }
 

@@ -93,17 +93,9 @@ impl ImageHeader {
         Some(if image_size == 0 {
             // Kernels before 3.17 leave image_size zero and expect text_offset 0x80000
             // (booting.rst: "if image_size is zero, text_offset can be assumed to be 0x80000").
-            ImageHeader {
-                text_offset: 0x8_0000,
-                image_size: 0,
-                flags: 0,
-            }
+            ImageHeader { text_offset: 0x8_0000, image_size: 0, flags: 0 }
         } else {
-            ImageHeader {
-                text_offset: u64_at(0x08),
-                image_size,
-                flags: u64_at(0x18),
-            }
+            ImageHeader { text_offset: u64_at(0x08), image_size, flags: u64_at(0x18) }
         })
     }
 
@@ -133,10 +125,8 @@ pub struct LoadedKernel {
 impl KernelImage {
     /// Reads and checks the kernel at `path`.
     pub fn open(path: &Path) -> Result<Self, KernelError> {
-        let bytes = std::fs::read(path).map_err(|source| KernelError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes = std::fs::read(path)
+            .map_err(|source| KernelError::Read { path: path.to_owned(), source })?;
         Self::from_bytes(bytes, &path.display().to_string())
     }
 
@@ -145,10 +135,7 @@ impl KernelImage {
         let (bytes, format) = if bytes.starts_with(&[0x1f, 0x8b]) {
             (gunzip(&bytes, what, MAX_KERNEL_SIZE)?, KernelFormat::Gzip)
         } else if let Some(payload) = zboot_payload(&bytes, what)? {
-            (
-                gunzip(payload, what, MAX_KERNEL_SIZE)?,
-                KernelFormat::EfiZbootGzip,
-            )
+            (gunzip(payload, what, MAX_KERNEL_SIZE)?, KernelFormat::EfiZbootGzip)
         } else {
             (bytes, KernelFormat::Image)
         };
@@ -157,11 +144,7 @@ impl KernelImage {
         if header.is_big_endian() {
             return Err(KernelError::BigEndian(what.into()));
         }
-        Ok(KernelImage {
-            bytes,
-            header,
-            format,
-        })
+        Ok(KernelImage { bytes, header, format })
     }
 
     /// The checked header.
@@ -207,9 +190,7 @@ impl KernelImage {
 
         let placement = self.placement(base);
         if !mem.address_in_range(GuestAddress(placement.end.0 - 1)) {
-            return Err(KernelError::DoesNotFit {
-                needed: self.footprint(),
-            });
+            return Err(KernelError::DoesNotFit { needed: self.footprint() });
         }
         let mut image = std::io::Cursor::new(self.bytes.as_slice());
         let loaded = PE::load(mem, Some(base), &mut image, None)
@@ -225,9 +206,7 @@ impl KernelImage {
         _mem: &M,
         _base: GuestAddress,
     ) -> Result<LoadedKernel, KernelError> {
-        Err(KernelError::Load(
-            "arm64 kernels can only be loaded by an arm64 build of hvrun".into(),
-        ))
+        Err(KernelError::Load("arm64 kernels can only be loaded by an arm64 build of hvrun".into()))
     }
 }
 
@@ -237,10 +216,7 @@ fn gunzip(compressed: &[u8], what: &str, limit: u64) -> Result<Vec<u8>, KernelEr
     flate2::read::GzDecoder::new(compressed)
         .take(limit + 1)
         .read_to_end(&mut out)
-        .map_err(|source| KernelError::Decompress {
-            what: what.into(),
-            source,
-        })?;
+        .map_err(|source| KernelError::Decompress { what: what.into(), source })?;
     if out.len() as u64 > limit {
         return Err(KernelError::TooBig(what.into()));
     }
@@ -259,10 +235,7 @@ fn zboot_payload<'a>(bytes: &'a [u8], what: &str) -> Result<Option<&'a [u8]>, Ke
     let name = &bytes[24..56];
     let name = String::from_utf8_lossy(&name[..name.iter().position(|&b| b == 0).unwrap_or(32)]);
     if name != "gzip" {
-        return Err(KernelError::UnsupportedZboot(
-            what.into(),
-            name.into_owned(),
-        ));
+        return Err(KernelError::UnsupportedZboot(what.into(), name.into_owned()));
     }
     let (offset, size) = (u32_at(8), u32_at(12));
     bytes
@@ -336,10 +309,7 @@ pub(crate) mod tests {
 
         pe[24..28].copy_from_slice(b"zstd");
         let err = KernelImage::from_bytes(pe, "k").unwrap_err();
-        assert!(
-            matches!(err, KernelError::UnsupportedZboot(_, ref c) if c == "zstd"),
-            "{err}"
-        );
+        assert!(matches!(err, KernelError::UnsupportedZboot(_, ref c) if c == "zstd"), "{err}");
     }
 
     #[test]
@@ -353,19 +323,12 @@ pub(crate) mod tests {
     fn non_kernels_are_refused_with_a_clear_error() {
         for junk in [vec![], b"#!/bin/sh\necho hi\n".to_vec(), vec![0u8; 4096]] {
             let err = KernelImage::from_bytes(junk, "initrd.img").unwrap_err();
-            assert!(
-                err.to_string()
-                    .contains("initrd.img is not an arm64 Linux kernel"),
-                "{err}"
-            );
+            assert!(err.to_string().contains("initrd.img is not an arm64 Linux kernel"), "{err}");
         }
         // A truncated gzip stream.
         let mut gz = gzip(&fake_image(0, 4096, 0, 4000));
         gz.truncate(gz.len() / 2);
-        assert!(matches!(
-            KernelImage::from_bytes(gz, "k"),
-            Err(KernelError::Decompress { .. })
-        ));
+        assert!(matches!(KernelImage::from_bytes(gz, "k"), Err(KernelError::Decompress { .. })));
         // Big-endian kernels.
         let err = KernelImage::from_bytes(fake_image(0, 4096, 1, 10), "k").unwrap_err();
         assert!(matches!(err, KernelError::BigEndian(_)));

@@ -82,10 +82,7 @@ pub fn max_ram_for_ipa_bits(ipa_bits: u32) -> u64 {
 /// Guest base address and SPI of virtio-mmio slot `slot`.
 pub fn virtio_mmio_slot(slot: u32) -> Option<(u64, u32)> {
     (slot < VIRTIO_MMIO_SLOTS).then(|| {
-        (
-            VIRTIO_MMIO_BASE + u64::from(slot) * VIRTIO_MMIO_SLOT_SIZE,
-            VIRTIO_MMIO_FIRST_SPI + slot,
-        )
+        (VIRTIO_MMIO_BASE + u64::from(slot) * VIRTIO_MMIO_SLOT_SIZE, VIRTIO_MMIO_FIRST_SPI + slot)
     })
 }
 

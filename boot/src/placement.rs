@@ -59,9 +59,7 @@ impl BootPlacement {
             return Err(too_small());
         }
         let kernel_base = RAM_BASE;
-        let kernel_end = kernel_base
-            .checked_add(kernel_footprint)
-            .ok_or_else(too_small)?;
+        let kernel_end = kernel_base.checked_add(kernel_footprint).ok_or_else(too_small)?;
         let fdt = layout::fdt_address(ram_size);
         let initrd = if initrd_size == 0 {
             None
@@ -73,11 +71,7 @@ impl BootPlacement {
         if kernel_end > lowest_other {
             return Err(too_small());
         }
-        Ok(BootPlacement {
-            kernel_base,
-            initrd,
-            fdt,
-        })
+        Ok(BootPlacement { kernel_base, initrd, fdt })
     }
 
     /// Copies the initrd to its planned place.
@@ -88,10 +82,7 @@ impl BootPlacement {
     ) -> Result<(), PlacementError> {
         if let Some((start, _)) = self.initrd {
             mem.write_slice(initrd, GuestAddress(start))
-                .map_err(|source| PlacementError::Write {
-                    what: "initrd",
-                    source,
-                })?;
+                .map_err(|source| PlacementError::Write { what: "initrd", source })?;
         }
         Ok(())
     }
@@ -102,10 +93,7 @@ impl BootPlacement {
             return Err(PlacementError::FdtTooBig(fdt.len()));
         }
         mem.write_slice(fdt, GuestAddress(self.fdt))
-            .map_err(|source| PlacementError::Write {
-                what: "device tree",
-                source,
-            })
+            .map_err(|source| PlacementError::Write { what: "device tree", source })
     }
 }
 
@@ -152,13 +140,9 @@ mod tests {
         p.write_initrd(&mem, &initrd).unwrap();
         p.write_fdt(&mem, b"\xd0\x0d\xfe\xed").unwrap();
         let mut back = vec![0; initrd.len()];
-        mem.read_slice(&mut back, GuestAddress(p.initrd.unwrap().0))
-            .unwrap();
+        mem.read_slice(&mut back, GuestAddress(p.initrd.unwrap().0)).unwrap();
         assert_eq!(back, initrd);
-        assert_eq!(
-            mem.read_obj::<u32>(GuestAddress(p.fdt)).unwrap().to_be(),
-            0xd00d_feed
-        );
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(p.fdt)).unwrap().to_be(), 0xd00d_feed);
         assert!(p.write_fdt(&mem, &vec![0; 3 * MIB as usize]).is_err());
     }
 }

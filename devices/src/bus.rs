@@ -20,12 +20,7 @@ pub trait BusDevice: Send {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BusError {
     #[error("device {name} at {base:#x}+{size:#x} overlaps {other}")]
-    Overlap {
-        name: String,
-        base: u64,
-        size: u64,
-        other: String,
-    },
+    Overlap { name: String, base: u64, size: u64, other: String },
     #[error("device {0} has an empty or wrapping address range")]
     BadRange(String),
 }
@@ -70,27 +65,10 @@ impl MmioBus {
         };
         let overlaps_next = self.entries.get(at).is_some_and(|next| next.base < end);
         if overlaps_prev || overlaps_next {
-            let other = if overlaps_prev {
-                &self.entries[at - 1]
-            } else {
-                &self.entries[at]
-            };
-            return Err(BusError::Overlap {
-                name,
-                base,
-                size,
-                other: other.name.clone(),
-            });
+            let other = if overlaps_prev { &self.entries[at - 1] } else { &self.entries[at] };
+            return Err(BusError::Overlap { name, base, size, other: other.name.clone() });
         }
-        self.entries.insert(
-            at,
-            BusEntry {
-                base,
-                size,
-                name,
-                device,
-            },
-        );
+        self.entries.insert(at, BusEntry { base, size, name, device });
         Ok(())
     }
 
@@ -110,10 +88,7 @@ impl MmioBus {
     /// Performs a guest load. `None` means no device claims the access.
     pub fn read(&self, addr: u64, size: u8) -> Option<u64> {
         let (entry, offset) = self.find(addr, size)?;
-        let mut device = entry
-            .device
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut device = entry.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         Some(device.read(offset, size) & size_mask(size))
     }
 
@@ -122,10 +97,7 @@ impl MmioBus {
         let Some((entry, offset)) = self.find(addr, size) else {
             return false;
         };
-        let mut device = entry
-            .device
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut device = entry.device.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         device.write(offset, size, value & size_mask(size));
         true
     }
@@ -200,10 +172,7 @@ mod tests {
         assert!(bus.insert(0xf00, 0x101, "c", scratch()).is_err());
         assert!(bus.insert(0xf00, 0x100, "d", scratch()).is_ok());
         assert!(bus.insert(0x1100, 0x100, "e", scratch()).is_ok());
-        assert_eq!(
-            bus.insert(0x9000, 0, "z", scratch()),
-            Err(BusError::BadRange("z".into()))
-        );
+        assert_eq!(bus.insert(0x9000, 0, "z", scratch()), Err(BusError::BadRange("z".into())));
         assert!(bus.insert(u64::MAX, 2, "w", scratch()).is_err());
     }
 

@@ -29,9 +29,7 @@ pub struct PvPanic {
 impl PvPanic {
     /// A pvpanic device that reports events through `on_panic`.
     pub fn new(on_panic: impl Fn(GuestPanic) + Send + 'static) -> Self {
-        PvPanic {
-            on_panic: Box::new(on_panic),
-        }
+        PvPanic { on_panic: Box::new(on_panic) }
     }
 }
 
@@ -73,9 +71,6 @@ mod tests {
         dev.write(1, 1, 1); // wrong offset: ignored
         dev.write(0, 1, u64::from(PVPANIC_CRASH_LOADED));
         dev.write(0, 1, u64::from(PVPANIC_PANICKED));
-        assert_eq!(
-            *seen.lock().unwrap(),
-            vec![GuestPanic::CrashLoaded, GuestPanic::Panicked]
-        );
+        assert_eq!(*seen.lock().unwrap(), vec![GuestPanic::CrashLoaded, GuestPanic::Panicked]);
     }
 }

@@ -35,10 +35,7 @@ pub struct Uart16550 {
 impl Uart16550 {
     /// A UART whose transmitted bytes go to `out` and whose interrupt is `irq`.
     pub fn new(irq: Arc<dyn IrqLine>, out: Box<dyn Write + Send>) -> Self {
-        Uart16550 {
-            serial: Serial::new(EdgeTrigger(irq), out),
-            output_failed: false,
-        }
+        Uart16550 { serial: Serial::new(EdgeTrigger(irq), out), output_failed: false }
     }
 
     /// Offers host input to the guest; returns how many bytes fitted in the receive FIFO
@@ -113,10 +110,7 @@ mod tests {
         uart.write(IER, 1, 1); // enable the received-data interrupt
         let before = irq.rising_edges();
         assert_eq!(uart.enqueue_input(b"ab"), 2);
-        assert!(
-            irq.rising_edges() > before,
-            "input must interrupt the guest"
-        );
+        assert!(irq.rising_edges() > before, "input must interrupt the guest");
         assert_eq!(uart.read(LSR, 1) & LSR_DATA_READY, 1);
         assert_eq!(uart.read(THR, 1), u64::from(b'a'));
         assert_eq!(uart.read(THR, 1), u64::from(b'b'));

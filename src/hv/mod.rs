@@ -25,11 +25,7 @@ pub enum VmExit {
     /// A load (`write: None`) or store (`write: Some(value)`) of `size` bytes (1, 2, 4 or 8) to
     /// guest physical address `addr` that no memory backs. A load is completed by passing
     /// [`VmEntry::MmioData`] to the next [`Vcpu::run`].
-    Mmio {
-        addr: u64,
-        size: u8,
-        write: Option<u64>,
-    },
+    Mmio { addr: u64, size: u8, write: Option<u64> },
     /// The guest asked to power off, reset, or reported a crash (PSCI SYSTEM_OFF/SYSTEM_RESET).
     System(SystemEvent),
     /// [`Kicker::kick`] interrupted the run; nothing to do for the guest.
@@ -84,11 +80,7 @@ pub struct MemoryPerms {
 
 impl MemoryPerms {
     /// Ordinary RAM.
-    pub const RWX: MemoryPerms = MemoryPerms {
-        read: true,
-        write: true,
-        exec: true,
-    };
+    pub const RWX: MemoryPerms = MemoryPerms { read: true, write: true, exec: true };
 }
 
 /// What the host can give a VM.
@@ -98,6 +90,19 @@ pub struct HostLimits {
     pub max_vcpus: u32,
     /// Widest guest physical address space, in bits.
     pub max_ipa_bits: u32,
+    /// The host's physical RAM: more guest RAM than this cannot be backed.
+    pub host_ram_bytes: u64,
+}
+
+/// The host's physical RAM in bytes (0 if the OS does not say).
+pub fn host_ram_bytes() -> u64 {
+    // SAFETY: sysconf only reads system configuration.
+    let (pages, page_size) =
+        unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    if pages <= 0 || page_size <= 0 {
+        return 0;
+    }
+    (pages as u64).saturating_mul(page_size as u64)
 }
 
 /// The shape of the VM to create.
@@ -121,10 +126,7 @@ pub struct HvError {
 impl HvError {
     /// Wraps an OS error with what hvrun was doing.
     pub fn new(context: impl Into<String>, source: impl Into<std::io::Error>) -> Self {
-        HvError {
-            context: context.into(),
-            source: source.into(),
-        }
+        HvError { context: context.into(), source: source.into() }
     }
 }
 

@@ -59,9 +59,7 @@ impl KvmKicker {
     /// A kicker for the calling thread.
     pub fn for_this_thread() -> Self {
         // SAFETY: pthread_self has no preconditions.
-        KvmKicker {
-            thread: unsafe { libc::pthread_self() },
-        }
+        KvmKicker { thread: unsafe { libc::pthread_self() } }
     }
 }
 
@@ -72,10 +70,7 @@ impl Kicker for KvmKicker {
         // loop but is not joined yet is still a valid target; the signal is then ignored.
         let ret = unsafe { libc::pthread_kill(self.thread, kick_signal()) };
         if ret != 0 {
-            log::debug!(
-                "kick: pthread_kill failed: {}",
-                std::io::Error::from_raw_os_error(ret)
-            );
+            log::debug!("kick: pthread_kill failed: {}", std::io::Error::from_raw_os_error(ret));
         }
     }
 }

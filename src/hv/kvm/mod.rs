@@ -14,6 +14,7 @@ use std::sync::Once;
 use kvm_ioctls::Kvm;
 
 use super::{HostLimits, HvError, Hypervisor, Result, VmSpec};
+
 use boot::PsciConduit;
 
 pub use kick::KvmKicker;
@@ -61,11 +62,8 @@ impl Hypervisor for KvmHypervisor {
         let ipa = self.kvm.get_host_ipa_limit();
         HostLimits {
             max_vcpus: (self.kvm.get_max_vcpus() as u32).min(boot::layout::MAX_VCPUS),
-            max_ipa_bits: if ipa > 0 {
-                ipa as u32
-            } else {
-                DEFAULT_IPA_BITS
-            },
+            max_ipa_bits: if ipa > 0 { ipa as u32 } else { DEFAULT_IPA_BITS },
+            host_ram_bytes: super::host_ram_bytes(),
         }
     }
 

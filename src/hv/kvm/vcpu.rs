@@ -39,29 +39,20 @@ impl Drop for KvmVcpu {
 /// Converts KVM's exit into hvrun's plain data.
 fn to_vm_exit(exit: VcpuExit) -> Option<VmExit> {
     Some(match exit {
-        VcpuExit::MmioRead(addr, data) => VmExit::Mmio {
-            addr,
-            size: data.len() as u8,
-            write: None,
-        },
+        VcpuExit::MmioRead(addr, data) => {
+            VmExit::Mmio { addr, size: data.len() as u8, write: None }
+        }
         VcpuExit::MmioWrite(addr, data) => {
             let mut bytes = [0u8; 8];
             let len = data.len().min(8);
             bytes[..len].copy_from_slice(&data[..len]);
-            VmExit::Mmio {
-                addr,
-                size: len as u8,
-                write: Some(u64::from_le_bytes(bytes)),
-            }
+            VmExit::Mmio { addr, size: len as u8, write: Some(u64::from_le_bytes(bytes)) }
         }
         VcpuExit::SystemEvent(kind, _) => match kind {
             KVM_SYSTEM_EVENT_SHUTDOWN => VmExit::System(SystemEvent::PowerOff),
             KVM_SYSTEM_EVENT_RESET => VmExit::System(SystemEvent::Reset),
             KVM_SYSTEM_EVENT_CRASH => VmExit::System(SystemEvent::Crash),
-            other => VmExit::Unhandled {
-                reason: "KVM system event",
-                detail: u64::from(other),
-            },
+            other => VmExit::Unhandled { reason: "KVM system event", detail: u64::from(other) },
         },
         _ => return None,
     })
@@ -96,10 +87,7 @@ impl Vcpu for KvmVcpu {
                 Some(exit) => Ok(exit),
                 None => {
                     let reason = self.fd.get_kvm_run().exit_reason;
-                    Ok(VmExit::Unhandled {
-                        reason: "KVM exit",
-                        detail: u64::from(reason),
-                    })
+                    Ok(VmExit::Unhandled { reason: "KVM exit", detail: u64::from(reason) })
                 }
             },
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {

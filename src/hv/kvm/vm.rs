@@ -43,38 +43,22 @@ impl KvmVm {
         vcpu_init.features[0] |= 1 << KVM_ARM_VCPU_PSCI_0_2;
 
         let vgic = create_vgic_v3(&fd, spec.vcpus)?;
-        Ok(KvmVm {
-            fd: Arc::new(fd),
-            vgic,
-            vcpu_init,
-            next_slot: AtomicU32::new(0),
-        })
+        Ok(KvmVm { fd: Arc::new(fd), vgic, vcpu_init, next_slot: AtomicU32::new(0) })
     }
 }
 
 /// Creates the vGICv3 and places its distributor and redistributors where the FDT says
 /// (Documentation/virt/kvm/devices/arm-vgic-v3.rst). Initialised later, in `vcpus_created`.
 fn create_vgic_v3(vm: &VmFd, vcpus: u32) -> Result<DeviceFd> {
-    let mut dev = kvm_create_device {
-        type_: kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3,
-        fd: 0,
-        flags: 0,
-    };
+    let mut dev =
+        kvm_create_device { type_: kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, fd: 0, flags: 0 };
     let vgic = vm.create_device(&mut dev).map_err(|e| {
-        HvError::new(
-            "cannot create the in-kernel GICv3 (is this host's GIC a GICv3?)",
-            e,
-        )
+        HvError::new("cannot create the in-kernel GICv3 (is this host's GIC a GICv3?)", e)
     })?;
     let dist = layout::GICD_BASE;
     let redist = layout::GICR_BASE;
     debug_assert!(layout::gicr_size(vcpus) <= layout::UART_BASE - layout::GICR_BASE);
-    set_vgic_attr(
-        &vgic,
-        KVM_DEV_ARM_VGIC_GRP_ADDR,
-        u64::from(KVM_VGIC_V3_ADDR_TYPE_DIST),
-        &dist,
-    )?;
+    set_vgic_attr(&vgic, KVM_DEV_ARM_VGIC_GRP_ADDR, u64::from(KVM_VGIC_V3_ADDR_TYPE_DIST), &dist)?;
     set_vgic_attr(
         &vgic,
         KVM_DEV_ARM_VGIC_GRP_ADDR,
@@ -87,12 +71,7 @@ fn create_vgic_v3(vm: &VmFd, vcpus: u32) -> Result<DeviceFd> {
 
 /// Sets one vGIC attribute whose value is read from `value`.
 fn set_vgic_attr<T>(vgic: &DeviceFd, group: u32, attr: u64, value: &T) -> Result<()> {
-    let attr = kvm_device_attr {
-        group,
-        attr,
-        addr: value as *const T as u64,
-        flags: 0,
-    };
+    let attr = kvm_device_attr { group, attr, addr: value as *const T as u64, flags: 0 };
     vgic.set_device_attr(&attr)
         .map_err(|e| HvError::new(format!("vGIC attribute group {group} attr {attr:?}"), e))
 }
@@ -130,8 +109,7 @@ impl Vm for KvmVm {
             // Secondary vCPUs wait for the guest's PSCI CPU_ON, which KVM serves.
             init.features[0] |= 1 << KVM_ARM_VCPU_POWER_OFF;
         }
-        fd.vcpu_init(&init)
-            .map_err(|e| HvError::new(format!("KVM_ARM_VCPU_INIT {index}"), e))?;
+        fd.vcpu_init(&init).map_err(|e| HvError::new(format!("KVM_ARM_VCPU_INIT {index}"), e))?;
         Ok(KvmVcpu::new(fd))
     }
 
@@ -142,19 +120,14 @@ impl Vm for KvmVm {
             addr: 0,
             flags: 0,
         };
-        self.vgic
-            .set_device_attr(&attr)
-            .map_err(|e| HvError::new("initialising the vGIC", e))
+        self.vgic.set_device_attr(&attr).map_err(|e| HvError::new("initialising the vGIC", e))
     }
 
     fn irq_line(&self, spi: u32) -> Arc<dyn IrqLine> {
         // KVM_IRQ_LINE on arm64: irq_type in bits 24-27, the interrupt ID in bits 0-15
         // (api.rst §4.25); SPIs are IDs 32 and up.
         let irq = (KVM_ARM_IRQ_TYPE_SPI << KVM_ARM_IRQ_TYPE_SHIFT) | (32 + spi);
-        Arc::new(KvmIrqLine {
-            vm: self.fd.clone(),
-            irq,
-        })
+        Arc::new(KvmIrqLine { vm: self.fd.clone(), irq })
     }
 }
 

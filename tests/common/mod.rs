@@ -1,0 +1,180 @@
+//! Shared by the end-to-end tests: finds the guest kernel and initramfs built by
+//! `tests/guest/build-artifacts.sh`, checks KVM is really there, and runs hvrun with a deadline.
+//!
+//! The tests fail — loudly, with what to do — when KVM or the artifacts are missing: a skipped
+//! e2e test must never look like a passing one.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The guest's /init prints this once its modules are loaded.
+pub const READY: &str = "HVRUN-GUEST-READY";
+/// How long one guest may take before the test gives up and kills hvrun.
+pub const DEADLINE: Duration = Duration::from_secs(180);
+
+/// Where the guest artifacts are.
+pub fn artifacts() -> PathBuf {
+    let dir = std::env::var_os("HVRUN_GUEST_ARTIFACTS").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/guest-artifacts"))
+    });
+    for file in ["Image", "Image.gz", "guest-initrd.cpio.gz"] {
+        assert!(
+            dir.join(file).is_file(),
+            "{} is missing: build the guest artifacts with tests/guest/build-artifacts.sh",
+            dir.join(file).display()
+        );
+    }
+    dir
+}
+
+/// Panics unless /dev/kvm is a working KVM (API version 12, VM creation works).
+pub fn require_kvm() {
+    const KVM_GET_API_VERSION: libc::c_ulong = 0xAE00;
+    const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .unwrap_or_else(|e| panic!("e2e tests need arm64 KVM: cannot open /dev/kvm: {e} (run them with tests/run-all.sh)"));
+    // SAFETY: KVM_GET_API_VERSION takes no argument and only returns a number.
+    let version = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_GET_API_VERSION as _, 0) };
+    assert_eq!(version, 12, "/dev/kvm is not a working KVM (KVM_GET_API_VERSION = {version})");
+    // SAFETY: KVM_CREATE_VM with machine type 0 returns a new fd or -1.
+    let vm = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_CREATE_VM as _, 0) };
+    assert!(vm >= 0, "/dev/kvm cannot create a VM: {}", std::io::Error::last_os_error());
+    // SAFETY: `vm` is a descriptor we own.
+    unsafe { libc::close(vm) };
+}
+
+/// The hvrun binary under test.
+pub fn hvrun() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hvrun"));
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+/// hvrun booting the test kernel and initramfs; `guest_cmd` runs in the guest, then it powers off.
+pub fn guest(extra_args: &[&str], guest_cmd: &str) -> Command {
+    guest_with_cmdline(extra_args, &format!("console=ttyS0 quiet -- {guest_cmd}"))
+}
+
+/// hvrun booting the test kernel and initramfs with the whole kernel command line given.
+pub fn guest_with_cmdline(extra_args: &[&str], cmdline: &str) -> Command {
+    require_kvm();
+    let dir = artifacts();
+    let mut cmd = hvrun();
+    cmd.arg("--kernel").arg(dir.join("Image"));
+    cmd.arg("--initrd").arg(dir.join("guest-initrd.cpio.gz"));
+    cmd.args(["--cmdline", cmdline]);
+    cmd.args(extra_args);
+    cmd
+}
+
+/// What a finished hvrun run printed.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// For assertion messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "exit code {:?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `cmd` to completion, killing it after [`DEADLINE`].
+pub fn run(mut cmd: Command) -> Run {
+    let child = cmd.spawn().expect("cannot start hvrun");
+    let output = wait_with_deadline(child, DEADLINE);
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn wait_with_deadline(mut child: Child, deadline: Duration) -> Output {
+    let start = Instant::now();
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for hvrun") {
+            break status;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let out = String::from_utf8_lossy(&stdout.recv().unwrap_or_default()).into_owned();
+            panic!("hvrun did not finish within {deadline:?}; it printed:\n{out}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: stdout.recv().unwrap_or_default(),
+        stderr: stderr.recv().unwrap_or_default(),
+    }
+}
+
+/// Reads a pipe to the end on its own thread.
+fn drain(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut buf);
+        }
+        let _ = tx.send(buf);
+    });
+    rx
+}
+
+/// Starts `cmd` and reads its stdout line by line until `stop(line)` returns true or the deadline
+/// passes; then kills it. Returns the lines read.
+pub fn run_until(mut cmd: Command, mut stop: impl FnMut(&str) -> bool) -> Vec<String> {
+    let mut child = cmd.spawn().expect("cannot start hvrun");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut lines = Vec::new();
+    let reached = loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                let done = stop(&line);
+                lines.push(line);
+                if done {
+                    break true;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if start.elapsed() < DEADLINE => {}
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        reached,
+        "hvrun ended or timed out before the expected output; it printed:\n{}",
+        lines.join("\n")
+    );
+    lines
+}
