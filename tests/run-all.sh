@@ -43,7 +43,9 @@ step "clippy ($HVRUN_TARGET, $HVRUN_TOOLCHAIN toolchain)"
 
 step "arm64 tests: unit and end-to-end on KVM ($HVRUN_TARGET via tests/harness/arm64-vm)"
 started=$SECONDS
-"$HVRUN_CARGO" test --workspace --target "$HVRUN_TARGET" 2>&1 | tee "$log.arm64"
+# The device-tree tests decompile with dtc, which the emulated machine does not have; they ran
+# on the host above (and show as "filtered out" here).
+"$HVRUN_CARGO" test --workspace --target "$HVRUN_TARGET" -- --skip dtc_ 2>&1 | tee "$log.arm64"
 cat "$log.arm64" >>"$log"
 echo "arm64 tests took $((SECONDS - started)) s"
 

@@ -296,7 +296,7 @@ mod tests {
     }
 
     #[test]
-    fn smc_conduit_and_no_initrd() {
+    fn dtc_smc_conduit_and_no_initrd() {
         let blob = build(&FdtConfig {
             ram_size: 64 << 20,
             cpu_mpidrs: &[0x8000_0000],
