@@ -3,8 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use boot::layout::{self, MIN_RAM};
 use boot::{KernelError, KernelImage};
+use devices::block::{DiskError, DiskImage, SyncMode};
 
 use crate::hv::HostLimits;
 
@@ -51,6 +54,59 @@ pub enum ConfigError {
     TooManyCpus { given: u32, max: u32 },
     #[error("--cmdline: the kernel command line may not contain a NUL byte")]
     CmdlineNul,
+    #[error("--disk {spec}: {problem}")]
+    DiskSpec { spec: String, problem: String },
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("--disk: at most {0} virtio devices fit in the machine")]
+    TooManyDisks(usize),
+}
+
+/// One `--disk PATH[,ro][,sync=full|fsync|none][,serial=ID]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    pub read_only: bool,
+    pub sync: SyncMode,
+    /// GET_ID's answer; defaults to the image's file name (first 20 bytes).
+    pub serial: String,
+}
+
+impl std::str::FromStr for DiskSpec {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let mut parts = spec.split(',');
+        let path = PathBuf::from(parts.next().unwrap_or_default());
+        if path.as_os_str().is_empty() {
+            return Err("expected PATH[,ro][,sync=full|fsync|none][,serial=ID]".into());
+        }
+        let mut disk = DiskSpec {
+            serial: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            path,
+            read_only: false,
+            sync: SyncMode::default(),
+        };
+        for option in parts {
+            match option.split_once('=') {
+                None if option == "ro" => disk.read_only = true,
+                Some(("sync", mode)) => disk.sync = mode.parse()?,
+                Some(("serial", id)) if id.len() <= 20 && id.is_ascii() => disk.serial = id.into(),
+                Some(("serial", _)) => return Err("serial=ID: at most 20 ASCII characters".into()),
+                _ => {
+                    return Err(format!("unknown option `{option}` (expected ro, sync=, serial=)"))
+                }
+            }
+        }
+        Ok(disk)
+    }
+}
+
+/// A disk image opened and locked for the whole run, with its options.
+#[derive(Clone, Debug)]
+pub struct Disk {
+    pub image: Arc<DiskImage>,
+    pub serial: String,
 }
 
 /// Parses a memory size: a bare number is MiB (`2048`); `K`, `M`, `G`, `T` suffixes (optionally
@@ -84,7 +140,8 @@ pub struct VmConfig {
     /// How the user wrote `--mem`, for messages.
     pub mem_text: String,
     pub vcpus: u32,
-    pub disks: Vec<PathBuf>,
+    /// Disk images, opened and locked, in `--disk` order (the guest's vda, vdb, ...).
+    pub disks: Vec<Disk>,
     /// Reboot the guest on PSCI SYSTEM_RESET (the default) instead of exiting.
     pub reboot: bool,
 }
@@ -97,7 +154,7 @@ pub struct VmArgs {
     pub cmdline: Option<String>,
     pub mem: Option<String>,
     pub cpus: u32,
-    pub disks: Vec<PathBuf>,
+    pub disks: Vec<String>,
     pub no_reboot: bool,
 }
 
@@ -122,15 +179,25 @@ impl VmConfig {
         if cmdline.contains('\0') {
             return Err(ConfigError::CmdlineNul);
         }
-        for disk in &args.disks {
-            check_readable("--disk", disk)?;
-        }
         check_readable("--kernel", &args.kernel)?;
         let kernel = KernelImage::open(&args.kernel)?;
         let initrd = match &args.initrd {
             Some(path) => Some(read_initrd(path)?),
             None => None,
         };
+        // One slot stays free for the entropy device.
+        let max_disks = layout::VIRTIO_MMIO_SLOTS as usize - 1;
+        if args.disks.len() > max_disks {
+            return Err(ConfigError::TooManyDisks(max_disks));
+        }
+        let mut disks = Vec::new();
+        for text in &args.disks {
+            let spec: DiskSpec = text
+                .parse()
+                .map_err(|problem| ConfigError::DiskSpec { spec: text.clone(), problem })?;
+            let image = DiskImage::open(&spec.path, spec.read_only, spec.sync)?;
+            disks.push(Disk { image: Arc::new(image), serial: spec.serial });
+        }
         Ok(VmConfig {
             kernel,
             initrd,
@@ -138,7 +205,7 @@ impl VmConfig {
             mem_bytes,
             mem_text,
             vcpus: args.cpus,
-            disks: args.disks.clone(),
+            disks,
             reboot: !args.no_reboot,
         })
     }
@@ -272,12 +339,38 @@ mod tests {
         assert!(err(&zero).contains("at least one vCPU"));
         let many = VmArgs { cpus: 500, ..f.args() };
         assert!(err(&many).contains("at most 123 vCPUs"));
-        let disk = VmArgs { disks: vec![f.dir.join("no-disk")], ..f.args() };
-        assert!(err(&disk).starts_with("--disk "));
+        let no_disk = f.dir.join("no-disk").display().to_string();
+        let disk = VmArgs { disks: vec![no_disk.clone()], ..f.args() };
+        assert!(err(&disk).starts_with(&format!("disk {no_disk}: No such file")), "{}", err(&disk));
+        let bad_opt = VmArgs { disks: vec![format!("{no_disk},fast")], ..f.args() };
+        assert!(err(&bad_opt).contains("unknown option `fast`"), "{}", err(&bad_opt));
         let initrd = VmArgs { initrd: Some(f.dir.join("no-initrd")), ..f.args() };
         assert!(err(&initrd).starts_with("--initrd "));
         let nul = VmArgs { cmdline: Some("a\0b".into()), ..f.args() };
         assert!(err(&nul).contains("NUL"));
+    }
+
+    #[test]
+    fn disk_specs() {
+        let d: DiskSpec = "/img/root.img".parse().unwrap();
+        assert_eq!((d.read_only, d.sync, d.serial.as_str()), (false, SyncMode::Full, "root.img"));
+        let d: DiskSpec = "a.img,ro,sync=none,serial=BOOT1".parse().unwrap();
+        assert_eq!((d.read_only, d.sync, d.serial.as_str()), (true, SyncMode::None, "BOOT1"));
+        assert!("a.img,sync=sometimes".parse::<DiskSpec>().is_err());
+        assert!("a.img,serial=123456789012345678901".parse::<DiskSpec>().is_err());
+        assert!(",ro".parse::<DiskSpec>().is_err());
+    }
+
+    #[test]
+    fn disks_are_opened_and_locked() {
+        let f = Fixture::new("disks");
+        let img = f.dir.join("disk.img");
+        std::fs::File::create(&img).unwrap().set_len(1 << 20).unwrap();
+        let spec = img.display().to_string();
+        let cfg = VmConfig::from_args(&VmArgs { disks: vec![spec.clone()], ..f.args() }).unwrap();
+        assert_eq!(cfg.disks[0].image.size(), 1 << 20);
+        let e = VmConfig::from_args(&VmArgs { disks: vec![spec], ..f.args() }).unwrap_err();
+        assert!(e.to_string().contains("in use by another process"), "{e}");
     }
 
     #[test]

@@ -30,9 +30,10 @@ struct Cli {
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1)]
     cpus: u32,
-    /// Raw disk image (repeatable). Checked now; the virtio-blk device is not implemented yet.
-    #[arg(long, value_name = "PATH")]
-    disk: Vec<PathBuf>,
+    /// Raw disk image as a virtio-blk device (repeatable: vda, vdb, ...). Options: `ro`;
+    /// `sync=full` (default: flushes reach the medium), `fsync`, or `none`; `serial=ID`.
+    #[arg(long, value_name = "PATH[,ro][,sync=MODE][,serial=ID]")]
+    disk: Vec<String>,
     /// Exit with code 3 when the guest resets, instead of rebooting it.
     #[arg(long)]
     no_reboot: bool,
@@ -65,13 +66,6 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(exit_code::USAGE, &e.to_string()),
     };
-    if !config.disks.is_empty() {
-        eprintln!(
-            "hvrun: warning: --disk is checked but not attached yet (virtio-blk is not implemented); \
-             the guest will not see {} disk(s)",
-            config.disks.len()
-        );
-    }
     ExitCode::from(run(&config) as u8)
 }
 

@@ -4,10 +4,12 @@
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
+use boot::fdt::IRQ_TYPE_LEVEL_HIGH;
 use boot::layout::{self, RAM_BASE};
-use boot::{fdt, BootPlacement, FdtConfig};
+use boot::{fdt, BootPlacement, FdtConfig, VirtioMmioNode};
+use devices::block::VirtioBlock;
 use devices::pvpanic::GuestPanic;
-use devices::{MmioBus, PvPanic, Uart16550};
+use devices::{MmioBus, MmioTransport, PvPanic, Uart16550, VirtioDevice, VirtioRng};
 use vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
 };
@@ -34,6 +36,12 @@ pub enum VmmError {
     Fdt(String),
     #[error("wiring devices failed: {0}")]
     Devices(#[from] devices::BusError),
+    #[error("creating a virtio device failed: {0}")]
+    Virtio(#[from] devices::VirtioError),
+    #[error("{0}")]
+    Entropy(std::io::Error),
+    #[error("no free virtio-mmio slot for {0}")]
+    NoSlot(String),
     #[error("cannot start vCPU thread {0}: {1}")]
     Thread(u32, std::io::Error),
     #[error("creating vCPU failed: {0}")]
@@ -81,20 +89,31 @@ fn run_once<H: Hypervisor>(
     }
 
     let stop = Arc::new(StopSignal::new());
-    let (bus, uart) = build_devices(vm.as_ref(), &stop)?;
-    let entry = load_boot_images(hv, config, &memory)?;
+    let devices = build_devices(vm.as_ref(), &stop, config, &memory)?;
+    let entry = load_boot_images(hv, config, &memory, &devices.virtio_nodes)?;
 
-    console.attach(uart, stop.clone());
-    let outcome = run_vcpus(vm, config.vcpus, entry, Arc::new(bus), &stop);
+    console.attach(devices.uart, stop.clone());
+    let outcome = run_vcpus(vm, config.vcpus, entry, Arc::new(devices.bus), &stop);
     console.detach();
     outcome
 }
 
-/// Puts the platform devices on a new bus and returns it with the console UART.
+/// The VM's devices, as the rest of the build needs them.
+struct Devices {
+    bus: MmioBus,
+    /// The console UART, which host input is fed to.
+    uart: Arc<Mutex<Uart16550>>,
+    /// The virtio-mmio devices the device tree must describe.
+    virtio_nodes: Vec<VirtioMmioNode>,
+}
+
+/// Puts the platform devices and the virtio devices on a new bus.
 fn build_devices<V: Vm>(
     vm: &V,
     stop: &Arc<StopSignal>,
-) -> Result<(MmioBus, Arc<Mutex<Uart16550>>), VmmError> {
+    config: &VmConfig,
+    memory: &GuestMemoryMmap,
+) -> Result<Devices, VmmError> {
     let mut bus = MmioBus::new();
     let uart = Arc::new(Mutex::new(Uart16550::new(
         vm.irq_line(layout::UART_SPI),
@@ -113,7 +132,34 @@ fn build_devices<V: Vm>(
         "pvpanic",
         Arc::new(Mutex::new(pvpanic)),
     )?;
-    Ok((bus, uart))
+
+    // Disks first, in --disk order: the guest probes slots in device-tree order, so the first
+    // disk is vda.
+    let mut virtio: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
+    for (n, disk) in config.disks.iter().enumerate() {
+        let name = format!("virtio-blk{n}");
+        virtio.push((name, Box::new(VirtioBlock::new(disk.image.clone(), &disk.serial))));
+    }
+    virtio.push(("virtio-rng".into(), Box::new(VirtioRng::new().map_err(VmmError::Entropy)?)));
+
+    let mut nodes = Vec::new();
+    for (slot, (name, device)) in virtio.into_iter().enumerate() {
+        let (base, spi) = u32::try_from(slot)
+            .ok()
+            .and_then(layout::virtio_mmio_slot)
+            .ok_or_else(|| VmmError::NoSlot(name.clone()))?;
+        let transport = MmioTransport::new(device, memory.clone(), vm.irq_line(spi))?;
+        bus.insert(base, layout::VIRTIO_MMIO_SLOT_SIZE, name, Arc::new(Mutex::new(transport)))?;
+        // virtio-mmio's interrupt is a level: InterruptStatus stays set until the driver
+        // acknowledges it (VIRTIO 1.2 §4.2.2).
+        nodes.push(VirtioMmioNode {
+            base,
+            size: layout::VIRTIO_MMIO_SLOT_SIZE,
+            spi,
+            trigger: IRQ_TYPE_LEVEL_HIGH,
+        });
+    }
+    Ok(Devices { bus, uart, virtio_nodes: nodes })
 }
 
 /// Where the boot vCPU starts.
@@ -128,6 +174,7 @@ fn load_boot_images<H: Hypervisor>(
     hv: &H,
     config: &VmConfig,
     memory: &GuestMemoryMmap,
+    virtio: &[VirtioMmioNode],
 ) -> Result<BootEntry, VmmError> {
     let initrd_len = config.initrd.as_ref().map_or(0, |i| i.len() as u64);
     let place = BootPlacement::plan(config.mem_bytes, config.kernel.footprint(), initrd_len)?;
@@ -147,7 +194,7 @@ fn load_boot_images<H: Hypervisor>(
         cmdline: &config.cmdline,
         initrd: place.initrd,
         psci: hv.psci_conduit(),
-        virtio: &[],
+        virtio,
         rng_seed: &rng_seed,
         kaslr_seed: u64::from_le_bytes(kaslr),
     })

@@ -51,9 +51,11 @@ echo "arm64 tests took $((SECONDS - started)) s"
 
 # Per-binary counts of the arm64 run, so the log shows how many e2e tests really ran.
 step "summary"
-awk '/^ *Running / { name = $NF; gsub(/[()]/, "", name); sub(/.*\//, "", name); sub(/-[0-9a-f]+$/, "", name)
+awk '/^ *Doc-tests / { name = "doc-tests " $2 }
+     /^ *Running / { name = $NF; gsub(/[()]/, "", name); sub(/.*\//, "", name); sub(/-[0-9a-f]+$/, "", name)
                     name = name " (" ($2 == "unittests" ? $3 : $2) ")" }
      /^test result:/ { sub(/;$/, "", $4); sub(/;$/, "", $6)
                        printf "  %-40s %4d passed, %d failed\n", name, $4, $6 }' "$log.arm64"
 awk '/^test result:/ { sub(/;$/, "", $4); sub(/;$/, "", $6); p += $4; f += $6 }
      END { printf "total: %d passed, %d failed\n", p, f }' "$log"
+echo "run-all took $SECONDS s" >&2

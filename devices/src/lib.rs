@@ -3,12 +3,15 @@
 //! That is what lets the same devices serve KVM and Hypervisor.framework, and be unit-tested on
 //! any host.
 
+pub mod block;
 pub mod bus;
 pub mod irq;
 pub mod pvpanic;
 pub mod serial;
+pub mod virtio;
 
 pub use bus::{BusDevice, BusError, MmioBus};
 pub use irq::IrqLine;
 pub use pvpanic::PvPanic;
 pub use serial::Uart16550;
+pub use virtio::{MmioTransport, VirtioDevice, VirtioError, VirtioInterrupt, VirtioRng};
