@@ -64,8 +64,24 @@ pub fn guest(extra_args: &[&str], guest_cmd: &str) -> Command {
     guest_with_cmdline(extra_args, &format!("console=ttyS0 quiet -- {guest_cmd}"))
 }
 
+/// Linux hands at most 32 words after ` -- ` to init (MAX_INIT_ARGS in init/main.c); with more it
+/// panics before the console exists, and the guest hangs in silence. Keep a margin. It also stops
+/// at a second `--`, silently dropping the rest.
+const MAX_GUEST_WORDS: usize = 30;
+
 /// hvrun booting the test kernel and initramfs with the whole kernel command line given.
 pub fn guest_with_cmdline(extra_args: &[&str], cmdline: &str) -> Command {
+    if let Some((_, init_args)) = cmdline.split_once(" -- ") {
+        let words = init_args.split_whitespace().count();
+        assert!(
+            words <= MAX_GUEST_WORDS,
+            "the guest command has {words} words; the kernel passes at most 32 to init: shorten it"
+        );
+        assert!(
+            !init_args.split_whitespace().any(|w| w == "--"),
+            "the kernel drops everything after a second `--` in the guest command: avoid it"
+        );
+    }
     require_kvm();
     let dir = artifacts();
     let mut cmd = hvrun();
