@@ -14,7 +14,7 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO,
     VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES,
 };
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use crate::virtio::{VirtioDevice, VirtioError, VirtioInterrupt, VIRTIO_ID_BLOCK};
@@ -122,12 +122,7 @@ impl VirtioDevice for VirtioBlock {
         queues: Vec<Queue>,
         interrupt: Arc<VirtioInterrupt>,
     ) -> Result<(), VirtioError> {
-        let got = queues.len();
-        let queue =
-            queues.into_iter().next().ok_or(VirtioError::QueueCount { expected: 1, got })?;
-        if !queue.ready() {
-            return Err(VirtioError::QueueNotReady(0));
-        }
+        let queue = crate::virtio::single_ready_queue(queues)?;
         self.active = Some(Active { mem, queue, interrupt });
         Ok(())
     }
@@ -140,22 +135,10 @@ impl VirtioDevice for VirtioBlock {
             return Ok(());
         }
         let limits = Self::limits();
-        let broken = |source| VirtioError::BrokenQueue { queue: index, source };
-        let mut completed = 0u32;
-        // At most one queue's worth per notification, so a guest that keeps adding requests
-        // cannot hold this vCPU thread forever; `iter` (not `pop_descriptor_chain`) reports an
-        // avail index that ran ahead of the ring (§2.7.13) instead of treating it as empty.
-        for _ in 0..queue.size() {
-            let Some(chain) = queue.iter(&*mem).map_err(broken)?.next() else { break };
-            let head = chain.head_index();
-            let written = request::handle(chain, mem, &self.disk, &self.serial, &limits);
-            queue.add_used(&*mem, head, written).map_err(broken)?;
-            completed += 1;
-        }
-        if completed > 0 && queue.needs_notification(&*mem).map_err(broken)? {
-            interrupt.signal_used_queue();
-        }
-        Ok(())
+        let (disk, serial) = (&self.disk, &self.serial);
+        crate::virtio::serve_available(queue, index, mem, interrupt, |chain| {
+            request::handle(chain, mem, disk, serial, &limits)
+        })
     }
 
     fn reset(&mut self) {

@@ -15,7 +15,7 @@ pub(crate) mod test_support;
 
 use std::sync::Arc;
 
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 pub use interrupt::VirtioInterrupt;
@@ -79,6 +79,49 @@ pub trait VirtioDevice: Send {
     /// §2.4). Nothing is reported to the guest; the transport clears its own state. Also called
     /// on a device that was never activated, so it must be harmless then.
     fn reset(&mut self);
+}
+
+/// Serves what the driver made available on `queue` (number `index`): each chain goes to
+/// `serve`, which returns how many bytes it wrote into the chain's device-writable buffers; the
+/// chain then goes on the used ring, and the driver is interrupted if it asked to be.
+///
+/// At most one queue's worth per notification, so a guest that keeps adding buffers cannot hold
+/// the vCPU thread forever; nothing is lost, since notifications are never suppressed and each
+/// later buffer comes with a QueueNotify of its own. `iter` rather than `pop_descriptor_chain`:
+/// the latter turns a corrupt avail index (more entries than the queue holds, VIRTIO 1.2 §2.7.13)
+/// into "empty", hiding a broken driver.
+pub fn serve_available(
+    queue: &mut Queue,
+    index: u16,
+    mem: &GuestMemoryMmap,
+    interrupt: &VirtioInterrupt,
+    mut serve: impl FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
+) -> Result<(), VirtioError> {
+    let broken = |source| VirtioError::BrokenQueue { queue: index, source };
+    let mut completed = 0u32;
+    for _ in 0..queue.size() {
+        let Some(chain) = queue.iter(mem).map_err(broken)?.next() else { break };
+        let head = chain.head_index();
+        let written = serve(chain);
+        queue.add_used(mem, head, written).map_err(broken)?;
+        completed += 1;
+    }
+    if completed > 0 && queue.needs_notification(mem).map_err(broken)? {
+        interrupt.signal_used_queue();
+    }
+    Ok(())
+}
+
+/// The one queue of a single-queue device, which the driver must have made ready.
+pub fn single_ready_queue(queues: Vec<Queue>) -> Result<Queue, VirtioError> {
+    let got = queues.len();
+    let Ok::<[Queue; 1], _>([queue]) = queues.try_into() else {
+        return Err(VirtioError::QueueCount { expected: 1, got });
+    };
+    if !queue.ready() {
+        return Err(VirtioError::QueueNotReady(0));
+    }
+    Ok(queue)
 }
 
 /// What can go wrong between a virtio transport, its device and the driver.

@@ -6,7 +6,7 @@ use std::io::{self, Read};
 use std::sync::Arc;
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use super::{VirtioDevice, VirtioError, VirtioInterrupt};
@@ -108,13 +108,7 @@ impl VirtioDevice for VirtioRng {
         queues: Vec<Queue>,
         interrupt: Arc<VirtioInterrupt>,
     ) -> Result<(), VirtioError> {
-        let got = queues.len();
-        let Ok::<[Queue; 1], _>([queue]) = queues.try_into() else {
-            return Err(VirtioError::QueueCount { expected: 1, got });
-        };
-        if !queue.ready() {
-            return Err(VirtioError::QueueNotReady(0));
-        }
+        let queue = super::single_ready_queue(queues)?;
         self.running = Some(Running { mem, queue, interrupt });
         Ok(())
     }
@@ -126,24 +120,10 @@ impl VirtioDevice for VirtioRng {
         if index != 0 {
             return Ok(());
         }
-        let broken = |source| VirtioError::BrokenQueue { queue: 0, source };
-        let mut completed = 0u32;
-        // At most one queue's worth per notification keeps a guest that keeps adding buffers
-        // from holding this vCPU forever. Nothing is lost: notifications are never suppressed,
-        // so each later buffer comes with a QueueNotify of its own.
-        for _ in 0..queue.size() {
-            // `iter` rather than `pop_descriptor_chain`: the latter turns a corrupt avail index
-            // (more entries than the queue holds, §2.7.13) into "empty", hiding a broken driver.
-            let Some(chain) = queue.iter(&*mem).map_err(broken)?.next() else { break };
-            let head = chain.head_index();
-            let len = Self::fill(&mut *self.source, &mut self.source_failed, mem, chain);
-            queue.add_used(&*mem, head, len).map_err(broken)?;
-            completed += 1;
-        }
-        if completed > 0 && queue.needs_notification(&*mem).map_err(broken)? {
-            interrupt.signal_used_queue();
-        }
-        Ok(())
+        let (source, failed) = (&mut *self.source, &mut self.source_failed);
+        super::serve_available(queue, index, mem, interrupt, |chain| {
+            Self::fill(source, failed, mem, chain)
+        })
     }
 
     fn reset(&mut self) {
@@ -163,6 +143,7 @@ mod tests {
     use virtio_bindings::virtio_ring::{
         VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
     };
+    use virtio_queue::QueueT;
     use vm_memory::{Bytes, GuestAddress};
 
     const W: u32 = VRING_DESC_F_WRITE;
