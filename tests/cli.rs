@@ -56,7 +56,11 @@ fn cpus_zero_or_beyond_the_host() {
 
 #[test]
 fn missing_disk_and_initrd() {
-    expect_usage_error(&["--kernel", "Image", "--disk", "nope.img"], "--disk nope.img");
+    expect_usage_error(&["--kernel", "Image", "--disk", "nope.img"], "disk nope.img: No such file");
+    expect_usage_error(
+        &["--kernel", "Image", "--disk", "Image,fast"],
+        "--disk Image,fast: unknown option",
+    );
     expect_usage_error(&["--kernel", "Image", "--initrd", "nope.cpio"], "--initrd nope.cpio");
 }
 
