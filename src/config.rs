@@ -131,7 +131,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// Everything needed to build the VM, checked.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct VmConfig {
     pub kernel: KernelImage,
     pub initrd: Option<Vec<u8>>,

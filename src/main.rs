@@ -7,9 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use hvrun::config::{parse_size, VmArgs, VmConfig};
-use hvrun::console::Console;
 use hvrun::exit_code;
-use hvrun::stop::VmOutcome;
 
 /// Boot an arm64 Linux guest on Hypervisor.framework (macOS) or KVM (arm64 Linux).
 #[derive(Parser, Debug)]
@@ -77,8 +75,10 @@ fn fail(code: i32, message: &str) -> ExitCode {
 
 #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
 fn run(config: &VmConfig) -> i32 {
+    use hvrun::console::Console;
     use hvrun::hv::kvm::KvmHypervisor;
     use hvrun::hv::Hypervisor;
+    use hvrun::stop::VmOutcome;
 
     let hv = match KvmHypervisor::open() {
         Ok(hv) => hv,
@@ -114,7 +114,6 @@ fn run(config: &VmConfig) -> i32 {
 
 #[cfg(not(all(target_os = "linux", target_arch = "aarch64")))]
 fn run(_config: &VmConfig) -> i32 {
-    let _ = (Console::start as fn() -> Console, VmOutcome::Quit);
     eprintln!(
         "hvrun: this host cannot run arm64 guests: hvrun needs an Apple Silicon Mac \
          (Hypervisor.framework) or arm64 Linux with /dev/kvm"

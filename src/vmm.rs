@@ -200,17 +200,16 @@ fn load_boot_images<H: Hypervisor>(
     })
     .map_err(|e| VmmError::Fdt(e.to_string()))?;
     place.write_fdt(memory, &blob)?;
-    debug_assert!(memory.address_in_range(GuestAddress(place.fdt)));
     Ok(BootEntry { kernel: kernel.entry.0, fdt: place.fdt })
 }
 
-/// Fills `buf` from the host's entropy source (getrandom); zeros if that fails, which only
-/// costs the guest an early entropy seed.
+/// Fills `buf` from the host's entropy source (/dev/urandom, on Linux and macOS alike); zeros if
+/// that fails, which only costs the guest an early entropy seed.
 fn fill_random(buf: &mut [u8]) {
-    // SAFETY: `buf` is valid for writes of its length.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n != buf.len() as isize {
-        log::warn!("getrandom failed; the guest gets no early entropy seed");
+    use std::io::Read;
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf));
+    if let Err(e) = read {
+        log::warn!("cannot read /dev/urandom ({e}); the guest gets no early entropy seed");
         buf.fill(0);
     }
 }
