@@ -11,7 +11,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{hvrun, require_kvm, run, Run};
+use common::{hvrun, require_kvm, run, Run, Scratch};
 
 /// `b #0x40`: B (A64 C6.2.26), imm26 = 0x40 / 4.
 const B_OVER_HEADER: u32 = 0x1400_0010;
@@ -40,8 +40,8 @@ fn mov_x_u32(rd: u32, value: u32) -> [u32; 2] {
     [movz_x(rd, value & 0xffff, 0), movk_x(rd, value >> 16, 1)]
 }
 
-/// Writes a guest made of `code` (placed at 0x40) as an arm64 Image file.
-fn write_guest(name: &str, code: &[u32]) -> PathBuf {
+/// Writes a guest made of `code` (placed at 0x40) as an arm64 Image file in `scratch`.
+fn write_guest(scratch: &Scratch, name: &str, code: &[u32]) -> PathBuf {
     let mut image = vec![0u8; 0x40];
     image[0..4].copy_from_slice(&B_OVER_HEADER.to_le_bytes());
     let image_size = 0x1000u64;
@@ -50,17 +50,16 @@ fn write_guest(name: &str, code: &[u32]) -> PathBuf {
     for word in code.iter().chain([B_SELF].iter()) {
         image.extend_from_slice(&word.to_le_bytes());
     }
-    let dir = std::env::temp_dir().join(format!("hvrun-conformance-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
+    let path = scratch.path(name);
     std::fs::write(&path, image).unwrap();
     path
 }
 
 fn run_guest(name: &str, code: &[u32], extra: &[&str]) -> Run {
     require_kvm();
+    let scratch = Scratch::new(name);
     let mut cmd = hvrun();
-    cmd.arg("--kernel").arg(write_guest(name, code)).args(["--mem", "64M"]).args(extra);
+    cmd.arg("--kernel").arg(write_guest(&scratch, name, code)).args(["--mem", "64M"]).args(extra);
     run(cmd)
 }
 

@@ -8,13 +8,11 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use common::{guest, run, run_until, READY};
+use common::{guest, run, run_until, Scratch, READY};
 
-/// A fresh image of `size` bytes in a per-test temp dir, filled by `fill(offset)`.
-fn image(name: &str, size: usize, fill: impl Fn(usize) -> u8) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hvrun-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
+/// A fresh image of `size` bytes in `scratch`, filled by `fill(offset)`.
+fn image(scratch: &Scratch, name: &str, size: usize, fill: impl Fn(usize) -> u8) -> PathBuf {
+    let path = scratch.path(name);
     std::fs::write(&path, (0..size).map(fill).collect::<Vec<u8>>()).unwrap();
     path
 }
@@ -47,8 +45,9 @@ fn virtio_rng_is_the_guests_hardware_rng() {
 
 #[test]
 fn two_disks_appear_in_order_with_size_and_serial() {
-    let a = image("two-a.img", 8 << 20, |_| 0);
-    let b = image("two-b.img", 16 << 20, |_| 0);
+    let scratch = Scratch::new("two_disks_appear_in_order_with_size_and_serial");
+    let a = image(&scratch, "two-a.img", 8 << 20, |_| 0);
+    let b = image(&scratch, "two-b.img", 16 << 20, |_| 0);
     let cmd = "echo vda=$(cat /sys/block/vda/size)/$(cat /sys/block/vda/serial) \
                vdb=$(cat /sys/block/vdb/size)/$(cat /sys/block/vdb/serial)/ro=$(cat /sys/block/vdb/ro)";
     let r = run(guest(
@@ -63,9 +62,10 @@ fn two_disks_appear_in_order_with_size_and_serial() {
 /// blank disk (vda); then the host compares every byte, and a second boot reads them back.
 #[test]
 fn direct_io_lands_exactly_and_survives_a_reboot() {
+    let scratch = Scratch::new("direct_io_lands_exactly_and_survives_a_reboot");
     let size = 16 << 20;
-    let dst = image("integrity-dst.img", size, |_| 0);
-    let src = image("integrity-src.img", size, pattern);
+    let dst = image(&scratch, "integrity-dst.img", size, |_| 0);
+    let src = image(&scratch, "integrity-src.img", size, pattern);
     // (block size, count, offset in blocks): sizes and offsets that do not line up.
     let copies = [(512, 1, 7), (4096, 3, 5), (65536, 2, 9), (1 << 20, 3, 11), (512, 37, 20001)];
     let specs: Vec<String> = copies.iter().map(|(bs, n, at)| format!("{bs},{n},{at}")).collect();
@@ -101,7 +101,8 @@ fn direct_io_lands_exactly_and_survives_a_reboot() {
 
 #[test]
 fn read_only_disk_refuses_writes_and_stays_unchanged() {
-    let img = image("ro.img", 4 << 20, pattern);
+    let scratch = Scratch::new("read_only_disk_refuses_writes_and_stays_unchanged");
+    let img = image(&scratch, "ro.img", 4 << 20, pattern);
     let before = std::fs::read(&img).unwrap();
     let cmd = "echo x | dd of=/dev/vda bs=512 conv=sync oflag=direct 2>/dev/null && echo WRITE-OK || echo write-refused";
     let r = run(guest(&["--disk", &disk_arg(&img, ",ro")], cmd));
@@ -112,8 +113,9 @@ fn read_only_disk_refuses_writes_and_stays_unchanged() {
 
 #[test]
 fn filesystem_roundtrip_and_fstrim_frees_host_blocks() {
+    let scratch = Scratch::new("filesystem_roundtrip_and_fstrim_frees_host_blocks");
     // A fully allocated image: every block holds data until the guest discards it.
-    let img = image("fs.img", 64 << 20, |i| (i % 7) as u8 + 1);
+    let img = image(&scratch, "fs.img", 64 << 20, |i| (i % 7) as u8 + 1);
     let before = std::fs::metadata(&img).unwrap().blocks();
     let cmd = "mke2fs -q /dev/vda && mount /dev/vda /mnt && echo hello-fs > /mnt/hello && \
                sync && fstrim /mnt && echo trimmed && cat /mnt/hello && umount /mnt";
@@ -128,7 +130,8 @@ fn filesystem_roundtrip_and_fstrim_frees_host_blocks() {
 
 #[test]
 fn an_image_in_use_by_another_vm_is_refused() {
-    let img = image("locked.img", 4 << 20, |_| 0);
+    let scratch = Scratch::new("an_image_in_use_by_another_vm_is_refused");
+    let img = image(&scratch, "locked.img", 4 << 20, |_| 0);
     let disk = disk_arg(&img, "");
     let mut second = None;
     run_until(guest(&["--disk", &disk], "sleep 30"), |line| {

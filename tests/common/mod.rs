@@ -13,6 +13,29 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// A per-test directory under the system temp dir, removed (with its images) when dropped, so
+/// runs on a native arm64 host do not pile up disk images in /tmp.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("hvrun-e2e-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("cannot create a scratch directory");
+        Scratch(dir)
+    }
+
+    /// A file path inside the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The guest's /init prints this once its modules are loaded.
 pub const READY: &str = "HVRUN-GUEST-READY";
 /// How long one guest may take before the test gives up and kills hvrun.
