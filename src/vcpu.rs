@@ -52,6 +52,7 @@ pub fn handle_exit(exit: VmExit, bus: &MmioBus) -> ExitAction {
         VmExit::System(SystemEvent::Crash) => ExitAction::Stop(VmOutcome::GuestPanic),
         // A kick only makes the loop look at the stop flag again.
         VmExit::Kicked => ExitAction::Resume(VmEntry::Resume),
+        VmExit::Handled(_) => ExitAction::Resume(VmEntry::Resume),
         VmExit::Unhandled { reason, detail } => ExitAction::Stop(VmOutcome::Failed(format!(
             "the guest made an exit hvrun does not handle: {reason} ({detail:#x})"
         ))),

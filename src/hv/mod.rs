@@ -30,8 +30,30 @@ pub enum VmExit {
     System(SystemEvent),
     /// [`Kicker::kick`] interrupted the run; nothing to do for the guest.
     Kicked,
+    /// An exit the backend finished itself with the portable policy in `arch::aarch64` (KVM does
+    /// these in the kernel; Hypervisor.framework hands them to hvrun). Returned, rather than
+    /// looped over inside the backend, so exit statistics see every exit. Nothing left to do.
+    Handled(HandledExit),
     /// An exit the VMM does not handle; `detail` carries the backend's raw reason or syndrome.
     Unhandled { reason: &'static str, detail: u64 },
+}
+
+/// The kinds of exit a backend completes on its own ([`VmExit::Handled`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HandledExit {
+    /// A PSCI or other SMCCC call (HVC or SMC).
+    Hypercall,
+    /// A trapped MSR/MRS system-register access, emulated.
+    SysReg,
+    /// WFI: the vCPU slept until an interrupt, its timer, or a kick.
+    Wfi,
+    /// WFE: skipped.
+    Wfe,
+    /// The virtual timer fired and its interrupt was raised.
+    VtimerActivated,
+    /// The guest did something the VMM cannot emulate (an unknown system register, an MMIO
+    /// access without a valid syndrome) and got an exception injected back.
+    ExceptionInjected,
 }
 
 /// Machine-wide requests from the guest.
