@@ -14,6 +14,19 @@ use crate::hv::HostLimits;
 /// The default kernel command line: the 16550 as the console, and `earlycon` (which finds the
 /// UART through the FDT's stdout-path) so messages before the console driver are not lost.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 earlycon";
+/// The default with `--console virtio`: `hvc0` is the console once its driver is up; until
+/// then `earlycon` still prints through the UART.
+pub const DEFAULT_CMDLINE_VIRTIO_CONSOLE: &str = "console=hvc0 earlycon";
+
+/// Which guest device hvrun's stdin and stdout are attached to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConsoleKind {
+    /// The 16550 UART, `ttyS0` (always present, for earlycon).
+    #[default]
+    Serial,
+    /// A virtio-console, `hvc0`; the UART still prints, but input goes to `hvc0`.
+    Virtio,
+}
 /// Guest RAM if `--mem` is not given.
 pub const DEFAULT_MEM: u64 = 512 << 20;
 /// Largest initrd we read into memory.
@@ -58,7 +71,7 @@ pub enum ConfigError {
     DiskSpec { spec: String, problem: String },
     #[error(transparent)]
     Disk(#[from] DiskError),
-    #[error("--disk: at most {0} virtio devices fit in the machine")]
+    #[error("--disk: at most {0} disks fit in the machine next to the other virtio devices")]
     TooManyDisks(usize),
 }
 
@@ -144,6 +157,8 @@ pub struct VmConfig {
     pub disks: Vec<Disk>,
     /// Reboot the guest on PSCI SYSTEM_RESET (the default) instead of exiting.
     pub reboot: bool,
+    /// The device attached to hvrun's stdio.
+    pub console: ConsoleKind,
 }
 
 /// The user's choices as given on the command line, before checking.
@@ -156,6 +171,7 @@ pub struct VmArgs {
     pub cpus: u32,
     pub disks: Vec<String>,
     pub no_reboot: bool,
+    pub console: ConsoleKind,
 }
 
 impl VmConfig {
@@ -175,7 +191,11 @@ impl VmConfig {
         if args.cpus > layout::MAX_VCPUS {
             return Err(ConfigError::TooManyCpus { given: args.cpus, max: layout::MAX_VCPUS });
         }
-        let cmdline = args.cmdline.clone().unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+        let default_cmdline = match args.console {
+            ConsoleKind::Serial => DEFAULT_CMDLINE,
+            ConsoleKind::Virtio => DEFAULT_CMDLINE_VIRTIO_CONSOLE,
+        };
+        let cmdline = args.cmdline.clone().unwrap_or_else(|| default_cmdline.to_string());
         if cmdline.contains('\0') {
             return Err(ConfigError::CmdlineNul);
         }
@@ -185,8 +205,9 @@ impl VmConfig {
             Some(path) => Some(read_initrd(path)?),
             None => None,
         };
-        // One slot stays free for the entropy device.
-        let max_disks = layout::VIRTIO_MMIO_SLOTS as usize - 1;
+        // Slots stay free for the entropy device and a virtio console.
+        let other_devices = 1 + usize::from(args.console == ConsoleKind::Virtio);
+        let max_disks = layout::VIRTIO_MMIO_SLOTS as usize - other_devices;
         if args.disks.len() > max_disks {
             return Err(ConfigError::TooManyDisks(max_disks));
         }
@@ -207,6 +228,7 @@ impl VmConfig {
             vcpus: args.cpus,
             disks,
             reboot: !args.no_reboot,
+            console: args.console,
         })
     }
 
@@ -318,6 +340,17 @@ mod tests {
         assert_eq!(cfg.cmdline, DEFAULT_CMDLINE);
         assert!(cfg.reboot);
         assert!(cfg.initrd.is_none());
+        assert_eq!(cfg.console, ConsoleKind::Serial);
+    }
+
+    #[test]
+    fn virtio_console_makes_hvc0_the_default_console() {
+        let f = Fixture::new("virtio-console");
+        let args = VmArgs { console: ConsoleKind::Virtio, ..f.args() };
+        let cfg = VmConfig::from_args(&args).unwrap();
+        assert_eq!(cfg.cmdline, "console=hvc0 earlycon");
+        let own = VmArgs { cmdline: Some("console=ttyS0".into()), ..args };
+        assert_eq!(VmConfig::from_args(&own).unwrap().cmdline, "console=ttyS0", "user's wins");
     }
 
     #[test]

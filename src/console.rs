@@ -1,15 +1,17 @@
-//! hvrun's stdin and stdout as the guest's serial console.
+//! hvrun's stdin and stdout as the guest's console: the 16550 UART (`ttyS0`) or, with
+//! `--console virtio`, virtio-console (`hvc0`).
 //!
 //! When stdin is a terminal it is put in raw mode, so keys (Ctrl-C included) go to the guest, and
 //! restored on every way out: normal return, error, panic, SIGTERM/SIGHUP/SIGQUIT. `Ctrl-A x`
 //! quits hvrun; `Ctrl-A Ctrl-A` sends one Ctrl-A to the guest. A single reader thread lives for
-//! the whole process and feeds whichever UART the current VM has (a reboot makes a new one).
+//! the whole process and feeds whichever console device the current VM has (a reboot makes a new
+//! one).
 
 use std::io::Read;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use devices::Uart16550;
+use devices::{ConsoleInputPort, Uart16550};
 
 use crate::stop::{StopSignal, VmOutcome};
 
@@ -23,10 +25,29 @@ const FIFO_FULL_BACKOFF: Duration = Duration::from_millis(2);
 /// The terminal settings to restore; set once when raw mode is entered.
 static SAVED_TERMIOS: OnceLock<libc::termios> = OnceLock::new();
 
+/// A guest device that takes console input.
+pub trait InputSink: Send + Sync {
+    /// Takes what fits of `input` now; returns how many bytes (0 while the guest is not
+    /// reading, and the reader retries shortly).
+    fn enqueue_input(&self, input: &[u8]) -> usize;
+}
+
+impl InputSink for Mutex<Uart16550> {
+    fn enqueue_input(&self, input: &[u8]) -> usize {
+        self.lock().unwrap_or_else(|p| p.into_inner()).enqueue_input(input)
+    }
+}
+
+impl InputSink for ConsoleInputPort {
+    fn enqueue_input(&self, input: &[u8]) -> usize {
+        self.send(input)
+    }
+}
+
 /// Where console input goes right now.
 #[derive(Default)]
 struct Target {
-    uart: Option<Arc<Mutex<Uart16550>>>,
+    sink: Option<Arc<dyn InputSink>>,
     stop: Option<Arc<StopSignal>>,
 }
 
@@ -51,10 +72,10 @@ impl Console {
         Console { target, raw_mode }
     }
 
-    /// Sends input to `uart`; the quit key stops `stop`'s VM.
-    pub fn attach(&self, uart: Arc<Mutex<Uart16550>>, stop: Arc<StopSignal>) {
+    /// Sends input to `sink`; the quit key stops `stop`'s VM.
+    pub fn attach(&self, sink: Arc<dyn InputSink>, stop: Arc<StopSignal>) {
         *self.target.lock().unwrap_or_else(|p| p.into_inner()) =
-            Target { uart: Some(uart), stop: Some(stop) };
+            Target { sink: Some(sink), stop: Some(stop) };
     }
 
     /// Stops sending input anywhere (the VM is gone).
@@ -115,14 +136,12 @@ fn read_stdin(target: Arc<Mutex<Target>>, escapes: bool) {
     }
 }
 
-/// Hands `input` to the current UART, waiting while its receive FIFO is full.
+/// Hands `input` to the current console device, waiting while it is full — or while there is
+/// none yet: input piped in before the VM is built (or typed during a reboot) waits for it.
 fn deliver(target: &Mutex<Target>, mut input: &[u8]) {
     while !input.is_empty() {
-        let uart = target.lock().unwrap_or_else(|p| p.into_inner()).uart.clone();
-        let Some(uart) = uart else {
-            return; // between VMs: input is dropped
-        };
-        let taken = uart.lock().unwrap_or_else(|p| p.into_inner()).enqueue_input(input);
+        let sink = target.lock().unwrap_or_else(|p| p.into_inner()).sink.clone();
+        let taken = sink.map_or(0, |sink| sink.enqueue_input(input));
         input = &input[taken..];
         if taken == 0 {
             std::thread::sleep(FIFO_FULL_BACKOFF);

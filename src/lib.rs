@@ -5,6 +5,7 @@
 //! → exits → the device bus → devices → guest memory and interrupt lines.
 
 pub mod arch;
+pub mod boot_time;
 pub mod config;
 pub mod console;
 pub mod exit_code;

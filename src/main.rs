@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use hvrun::config::{parse_size, VmArgs, VmConfig};
+use hvrun::config::{parse_size, ConsoleKind, VmArgs, VmConfig};
 use hvrun::exit_code;
 
 /// Boot an arm64 Linux guest on Hypervisor.framework (macOS) or KVM (arm64 Linux).
@@ -19,7 +19,8 @@ struct Cli {
     /// Initial ramdisk (initramfs) to hand to the kernel.
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
-    /// Kernel command line [default: "console=ttyS0 earlycon"].
+    /// Kernel command line [default: "console=ttyS0 earlycon", with --console virtio
+    /// "console=hvc0 earlycon"].
     #[arg(long, value_name = "STR")]
     cmdline: Option<String>,
     /// Guest RAM: MiB (2048) or with a unit (512M, 2G) [default: 512M].
@@ -35,6 +36,17 @@ struct Cli {
     /// Exit with code 3 when the guest resets, instead of rebooting it.
     #[arg(long)]
     no_reboot: bool,
+    /// The guest device on hvrun's stdin/stdout: `serial` (ttyS0) or `virtio` (hvc0; the UART
+    /// still prints early messages). Changes the default --cmdline to match.
+    #[arg(long, value_enum, default_value_t = ConsoleArg::Serial)]
+    console: ConsoleArg,
+}
+
+/// `--console` values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ConsoleArg {
+    Serial,
+    Virtio,
 }
 
 const EXIT_CODES: &str = "Exit codes: 0 guest powered off · 1 hvrun failed · 2 bad usage or \
@@ -59,6 +71,10 @@ fn main() -> ExitCode {
         cpus: cli.cpus,
         disks: cli.disk,
         no_reboot: cli.no_reboot,
+        console: match cli.console {
+            ConsoleArg::Serial => ConsoleKind::Serial,
+            ConsoleArg::Virtio => ConsoleKind::Virtio,
+        },
     };
     let config = match VmConfig::from_args(&args) {
         Ok(config) => config,
@@ -94,7 +110,7 @@ fn run(config: &VmConfig) -> i32 {
     let console = Console::start();
     let result = hvrun::vmm::run(&hv, config, &console);
     drop(console); // restores the terminal before anything more is printed
-    match result {
+    match result.map(|summary| summary.outcome) {
         Ok(VmOutcome::Failed(why)) => {
             eprintln!("hvrun: {why}");
             exit_code::FAILED

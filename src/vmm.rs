@@ -9,14 +9,18 @@ use boot::layout::{self, RAM_BASE};
 use boot::{fdt, BootPlacement, FdtConfig, VirtioMmioNode};
 use devices::block::VirtioBlock;
 use devices::pvpanic::GuestPanic;
-use devices::{MmioBus, MmioTransport, PvPanic, Uart16550, VirtioDevice, VirtioRng};
+use devices::{
+    BootProbe, ConsoleInput, ConsoleInputPort, MmioBus, MmioTransport, PvPanic, Uart16550,
+    VirtioConsole, VirtioDevice, VirtioRng,
+};
 use vm_memory::{
     GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
 };
 
 use crate::arch::aarch64::{boot_registers, mpidr_for_vcpu};
-use crate::config::VmConfig;
-use crate::console::Console;
+use crate::boot_time::{BootClock, BootTimeSlot, GuestBootTime};
+use crate::config::{ConsoleKind, VmConfig};
+use crate::console::{Console, InputSink};
 use crate::hv::{HvError, Hypervisor, MemoryPerms, Vm, VmSpec};
 use crate::stop::{StopSignal, VmOutcome};
 use crate::vcpu::VcpuThread;
@@ -48,29 +52,42 @@ pub enum VmmError {
     VcpuCreate(String),
 }
 
+/// How a run ended, and what was measured on the way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunSummary {
+    pub outcome: VmOutcome,
+    /// The last boot's time to userspace, if the guest's init wrote the boot-time probe.
+    pub boot_time: Option<GuestBootTime>,
+}
+
 /// Runs the configured guest until it powers off, panics, or (with `reboot` off) resets.
 /// A guest reset rebuilds the VM from scratch: fresh memory, devices and vCPUs.
 pub fn run<H: Hypervisor>(
     hv: &H,
     config: &VmConfig,
     console: &Console,
-) -> Result<VmOutcome, VmmError> {
+) -> Result<RunSummary, VmmError> {
     loop {
-        let outcome = run_once(hv, config, console)?;
+        let boot_time = BootTimeSlot::default();
+        let outcome = run_once(hv, config, console, &boot_time)?;
         if outcome == VmOutcome::Reset && config.reboot {
             log::info!("guest reset: rebooting");
             continue;
         }
-        return Ok(outcome);
+        let boot_time = *boot_time.lock().unwrap_or_else(|p| p.into_inner());
+        return Ok(RunSummary { outcome, boot_time });
     }
 }
 
-/// Builds the VM, runs it, and tears it down.
+/// Builds the VM, runs it, and tears it down. The guest's boot time, if it reports one, lands
+/// in `boot_time`.
 fn run_once<H: Hypervisor>(
     hv: &H,
     config: &VmConfig,
     console: &Console,
+    boot_time: &BootTimeSlot,
 ) -> Result<VmOutcome, VmmError> {
+    let clock = BootClock::start();
     // Declared before the VM so it is dropped after it: KVM or HVF may touch guest memory until
     // the VM is gone.
     let memory =
@@ -89,10 +106,10 @@ fn run_once<H: Hypervisor>(
     }
 
     let stop = Arc::new(StopSignal::new());
-    let devices = build_devices(vm.as_ref(), &stop, config, &memory)?;
+    let devices = build_devices(vm.as_ref(), &stop, config, &memory, clock, boot_time)?;
     let entry = load_boot_images(hv, config, &memory, &devices.virtio_nodes)?;
 
-    console.attach(devices.uart, stop.clone());
+    console.attach(devices.console_input, stop.clone());
     let outcome = run_vcpus(vm, config.vcpus, entry, Arc::new(devices.bus), &stop);
     console.detach();
     outcome
@@ -101,8 +118,8 @@ fn run_once<H: Hypervisor>(
 /// The VM's devices, as the rest of the build needs them.
 struct Devices {
     bus: MmioBus,
-    /// The console UART, which host input is fed to.
-    uart: Arc<Mutex<Uart16550>>,
+    /// The device host input is fed to: the UART or the virtio console.
+    console_input: Arc<dyn InputSink>,
     /// The virtio-mmio devices the device tree must describe.
     virtio_nodes: Vec<VirtioMmioNode>,
 }
@@ -113,6 +130,8 @@ fn build_devices<V: Vm>(
     stop: &Arc<StopSignal>,
     config: &VmConfig,
     memory: &GuestMemoryMmap,
+    clock: BootClock,
+    boot_time: &BootTimeSlot,
 ) -> Result<Devices, VmmError> {
     let mut bus = MmioBus::new();
     let uart = Arc::new(Mutex::new(Uart16550::new(
@@ -133,6 +152,19 @@ fn build_devices<V: Vm>(
         Arc::new(Mutex::new(pvpanic)),
     )?;
 
+    let slot = boot_time.clone();
+    let probe = BootProbe::new(move || {
+        let measured = clock.elapsed();
+        log::info!("{measured}");
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(measured);
+    });
+    bus.insert(
+        layout::BOOT_PROBE_BASE,
+        layout::BOOT_PROBE_SIZE,
+        "boot-probe",
+        Arc::new(Mutex::new(probe)),
+    )?;
+
     // Disks first, in --disk order: the guest probes slots in device-tree order, so the first
     // disk is vda.
     let mut virtio: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
@@ -140,16 +172,26 @@ fn build_devices<V: Vm>(
         let name = format!("virtio-blk{n}");
         virtio.push((name, Box::new(VirtioBlock::new(disk.image.clone(), &disk.serial))));
     }
+    let console_input = Arc::new(ConsoleInput::default());
+    if config.console == ConsoleKind::Virtio {
+        let console = VirtioConsole::new(Box::new(std::io::stdout()), console_input.clone());
+        virtio.push((VIRTIO_CONSOLE.into(), Box::new(console)));
+    }
     virtio.push(("virtio-rng".into(), Box::new(VirtioRng::new().map_err(VmmError::Entropy)?)));
 
+    let mut console_port = None;
     let mut nodes = Vec::new();
     for (slot, (name, device)) in virtio.into_iter().enumerate() {
         let (base, spi) = u32::try_from(slot)
             .ok()
             .and_then(layout::virtio_mmio_slot)
             .ok_or_else(|| VmmError::NoSlot(name.clone()))?;
-        let transport = MmioTransport::new(device, memory.clone(), vm.irq_line(spi))?;
-        bus.insert(base, layout::VIRTIO_MMIO_SLOT_SIZE, name, Arc::new(Mutex::new(transport)))?;
+        let transport =
+            Arc::new(Mutex::new(MmioTransport::new(device, memory.clone(), vm.irq_line(spi))?));
+        if name == VIRTIO_CONSOLE {
+            console_port = Some(ConsoleInputPort::new(console_input.clone(), transport.clone()));
+        }
+        bus.insert(base, layout::VIRTIO_MMIO_SLOT_SIZE, name, transport)?;
         // virtio-mmio's interrupt is a level: InterruptStatus stays set until the driver
         // acknowledges it (VIRTIO 1.2 §4.2.2).
         nodes.push(VirtioMmioNode {
@@ -159,8 +201,15 @@ fn build_devices<V: Vm>(
             trigger: IRQ_TYPE_LEVEL_HIGH,
         });
     }
-    Ok(Devices { bus, uart, virtio_nodes: nodes })
+    let console_input: Arc<dyn InputSink> = match console_port {
+        Some(port) => Arc::new(port),
+        None => uart,
+    };
+    Ok(Devices { bus, console_input, virtio_nodes: nodes })
 }
+
+/// The virtio console's name on the bus.
+const VIRTIO_CONSOLE: &str = "virtio-console";
 
 /// Where the boot vCPU starts.
 #[derive(Clone, Copy, Debug)]

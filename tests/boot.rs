@@ -110,3 +110,26 @@ fn guest_kernel_panic_ends_hvrun_with_the_panic_visible() {
         r.describe()
     );
 }
+
+/// The guest's init writes the boot-time probe; with info logging hvrun says how long it took.
+#[test]
+fn boot_time_is_reported_with_a_plausible_number() {
+    let started = std::time::Instant::now();
+    let mut cmd = guest(&[], "true");
+    cmd.env("RUST_LOG", "info");
+    let r = run(cmd);
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    let line = r
+        .stderr
+        .lines()
+        .find_map(|l| l.split_once("guest booted in ").map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no boot-time line: {}", r.describe()));
+    // "N ms (VMM CPU M ms)"
+    let numbers: Vec<u64> =
+        line.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
+    let [wall, cpu] = numbers[..] else { panic!("malformed boot-time line: {line}") };
+    assert!(wall > 0 && wall < elapsed_ms, "boot took {wall} ms of a {elapsed_ms} ms run");
+    assert!(cpu > 0, "no CPU time measured: {line}");
+    assert_eq!(r.stderr.matches("guest booted in").count(), 1, "{}", r.describe());
+}

@@ -1,5 +1,5 @@
 //! End-to-end: hvrun's virtio devices driven by the real Linux drivers of a Debian guest
-//! (virtio_mmio, virtio_blk, virtio-rng), checked from both sides.
+//! (virtio_mmio, virtio_blk, virtio_console, virtio-rng), checked from both sides.
 
 #![cfg(all(target_os = "linux", target_arch = "aarch64"))]
 
@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use common::{guest, run, run_until, Scratch, READY};
+use common::{guest, guest_with_cmdline, run, run_until, run_with_input, Scratch, READY};
 
 /// A fresh image of `size` bytes in `scratch`, filled by `fill(offset)`.
 fn image(scratch: &Scratch, name: &str, size: usize, fill: impl Fn(usize) -> u8) -> PathBuf {
@@ -144,4 +144,50 @@ fn an_image_in_use_by_another_vm_is_refused() {
     let r = second.expect("the first VM never got ready");
     assert_eq!(r.code, Some(2), "{}", r.describe());
     assert!(r.stderr.contains("in use by another process"), "{}", r.describe());
+}
+
+#[test]
+fn text_written_to_hvc0_appears_on_stdout_and_stdin_reaches_hvc0() {
+    // The serial console stays the kernel's console (the harness reads its markers there);
+    // hvc0 is used explicitly, both ways. The tty echoes what it reads, so the reply is marked.
+    let cmd =
+        "read line </dev/hvc0 && echo reply:$line >/dev/hvc0 && echo via-hvc0-only >/dev/hvc0";
+    let r = run_with_input(guest(&["--console", "virtio"], cmd), b"ping-from-host\n");
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    assert!(r.stdout.contains("reply:ping-from-host"), "{}", r.describe());
+    assert!(r.stdout.contains("via-hvc0-only"), "{}", r.describe());
+
+    // Without --console virtio there is no hvc0: the text above cannot have come another way.
+    let r = run(guest(&[], "[ -e /dev/hvc0 ] && echo HVC0-EXISTS || echo no-hvc0"));
+    assert!(r.stdout.contains("no-hvc0"), "{}", r.describe());
+}
+
+#[test]
+fn hvc0_as_the_kernel_console_carries_init_and_a_shell() {
+    // console=hvc0: once virtio_console is loaded, /dev/console is hvc0; stdin goes to it only.
+    let cmd = "console=hvc0 quiet -- read line </dev/console; echo shell-saw:$line >/dev/console";
+    let r = run_with_input(guest_with_cmdline(&["--console", "virtio"], cmd), b"typed-into-hvc0\n");
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    assert!(r.stdout.contains(READY), "init's marker goes through hvc0: {}", r.describe());
+    assert!(r.stdout.contains("shell-saw:typed-into-hvc0"), "{}", r.describe());
+    assert!(r.stdout.contains("HVRUN-GUEST-EXIT=0"), "{}", r.describe());
+}
+
+#[test]
+fn disk_console_and_rng_work_in_one_vm() {
+    let scratch = Scratch::new("disk_console_and_rng_work_in_one_vm");
+    let img = image(&scratch, "all.img", 4 << 20, |_| 0);
+    let mut bytes = std::fs::read(&img).unwrap();
+    bytes[1 << 20..(1 << 20) + 16].copy_from_slice(b"DISK-MARKER-4711");
+    std::fs::write(&img, bytes).unwrap();
+    // Every answer goes out through hvc0.
+    let cmd = "dd if=/dev/vda bs=1M skip=1 count=1 2>/dev/null | head -c 16 >/dev/hvc0; \
+               echo >/dev/hvc0; echo rng=$(cat /sys/class/misc/hw_random/rng_current) >/dev/hvc0; \
+               dd if=/dev/hwrng bs=8 count=1 2>/dev/null | od -An -tx1 >/dev/hvc0";
+    let r = run(guest(&["--disk", &disk_arg(&img, ",ro"), "--console", "virtio"], cmd));
+    assert_eq!(r.code, Some(0), "{}", r.describe());
+    assert!(r.stdout.contains("DISK-MARKER-4711"), "{}", r.describe());
+    assert!(r.stdout.contains("rng=virtio_rng.0"), "{}", r.describe());
+    let random = r.stdout.lines().find(|l| l.split_whitespace().count() == 8 && l.len() == 24);
+    assert!(random.is_some(), "no 8 random bytes: {}", r.describe());
 }

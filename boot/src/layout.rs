@@ -7,6 +7,7 @@
 //! 0x080A_0000 ┼ GICv3 redistributors             128 KiB per vCPU, up to 123 vCPUs
 //! 0x0900_0000 ┼ 16550 UART                       4 KiB
 //! 0x0901_0000 ┼ pvpanic                          4 KiB
+//! 0x0902_0000 ┼ boot-time probe                  4 KiB
 //! 0x0A00_0000 ┼ virtio-mmio slots                4 KiB each, 64 slots
 //! 0x4000_0000 ┼ RAM ── kernel at the start (2 MiB aligned), initrd and FDT at the top
 //! ```
@@ -42,6 +43,11 @@ pub const UART_SPI: u32 = 1;
 pub const PVPANIC_BASE: u64 = 0x0901_0000;
 /// Size of the pvpanic MMIO region.
 pub const PVPANIC_SIZE: u64 = 0x1000;
+
+/// The boot-time probe: the guest's init writes 123 here when userspace starts.
+pub const BOOT_PROBE_BASE: u64 = 0x0902_0000;
+/// Size of the boot-time probe's MMIO region.
+pub const BOOT_PROBE_SIZE: u64 = 0x1000;
 
 /// First virtio-mmio slot.
 pub const VIRTIO_MMIO_BASE: u64 = 0x0A00_0000;
@@ -103,7 +109,8 @@ const _: () = {
     assert!(GICR_BASE + gicr_size(MAX_VCPUS) <= UART_BASE);
     assert!(MAX_VCPUS == 123);
     assert!(UART_BASE + UART_SIZE <= PVPANIC_BASE);
-    assert!(PVPANIC_BASE + PVPANIC_SIZE <= VIRTIO_MMIO_BASE);
+    assert!(PVPANIC_BASE + PVPANIC_SIZE <= BOOT_PROBE_BASE);
+    assert!(BOOT_PROBE_BASE + BOOT_PROBE_SIZE <= VIRTIO_MMIO_BASE);
     assert!(VIRTIO_MMIO_BASE + VIRTIO_MMIO_SLOTS as u64 * VIRTIO_MMIO_SLOT_SIZE <= RAM_BASE);
     assert!(UART_SPI < VIRTIO_MMIO_FIRST_SPI);
     assert!(GIC_NR_IRQS % 32 == 0);

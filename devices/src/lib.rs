@@ -4,14 +4,19 @@
 //! any host.
 
 pub mod block;
+pub mod boot_probe;
 pub mod bus;
 pub mod irq;
 pub mod pvpanic;
 pub mod serial;
 pub mod virtio;
 
+pub use boot_probe::BootProbe;
 pub use bus::{BusDevice, BusError, MmioBus};
 pub use irq::IrqLine;
 pub use pvpanic::PvPanic;
 pub use serial::Uart16550;
-pub use virtio::{MmioTransport, VirtioDevice, VirtioError, VirtioInterrupt, VirtioRng};
+pub use virtio::{
+    ConsoleInput, ConsoleInputPort, MmioTransport, VirtioConsole, VirtioDevice, VirtioError,
+    VirtioInterrupt, VirtioRng,
+};

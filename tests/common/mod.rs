@@ -133,8 +133,20 @@ impl Run {
 }
 
 /// Runs `cmd` to completion, killing it after [`DEADLINE`].
-pub fn run(mut cmd: Command) -> Run {
-    let child = cmd.spawn().expect("cannot start hvrun");
+pub fn run(cmd: Command) -> Run {
+    run_with_input(cmd, &[])
+}
+
+/// Runs `cmd` with `input` on its stdin (then end of file), killing it after [`DEADLINE`].
+pub fn run_with_input(mut cmd: Command, input: &[u8]) -> Run {
+    use std::io::Write;
+    if !input.is_empty() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd.spawn().expect("cannot start hvrun");
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input).expect("cannot write hvrun's stdin");
+    }
     let output = wait_with_deadline(child, DEADLINE);
     Run {
         code: output.status.code(),

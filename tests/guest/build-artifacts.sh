@@ -5,7 +5,8 @@
 #   Image                 the arm64 kernel, uncompressed (the raw "ARM\x64" Image format)
 #   Image.gz              the same, gzip'ed (hvrun's loader accepts both)
 #   guest-initrd.cpio.gz  initramfs of the NESTED guest that hvrun boots: busybox and the virtio
-#                         modules; /init prints HVRUN-GUEST-READY, then runs the command line
+#                         modules; /init writes hvrun's boot-time probe, loads the modules,
+#                         prints HVRUN-GUEST-READY, then runs the command line
 #                         given after ` -- ` on the kernel command line, prints
 #                         HVRUN-GUEST-EXIT=<status> and powers off (no command: a shell)
 #   host-initrd.cpio.gz   initramfs of the OUTER emulated machine (tests/harness/arm64-vm):
@@ -93,7 +94,8 @@ esac
 gzip -9 -n -c "$work/Image" >"$work/Image.gz"
 cp "$kernel/boot/config-$kernel_version" "$work/config"
 
-# Both /init scripts start alike: busybox's applets as symlinks, the usual mounts, the modules.
+# Both /init scripts start alike: busybox's applets as symlinks, the usual mounts, and a
+# function that loads the modules.
 init_common=$(cat <<'EOF'
 #!/bin/sh
 /bin/busybox --install -s
@@ -101,11 +103,13 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
-for module in $(cat /etc/modules); do
-    if ! error=$(modprobe "$module" 2>&1); then
-        case $error in *"not found"*) ;; *) echo "init: modprobe $module: $error" ;; esac
-    fi
-done
+load_modules() {
+    for module in $(cat /etc/modules); do
+        if ! error=$(modprobe "$module" 2>&1); then
+            case $error in *"not found"*) ;; *) echo "init: modprobe $module: $error" ;; esac
+        fi
+    done
+}
 EOF
 )
 
@@ -144,6 +148,10 @@ make_initrd() {
 }
 
 make_initrd guest-initrd "${guest_modules[@]}" <<'EOF'
+# Userspace is up: tell hvrun's boot-time probe (boot::layout::BOOT_PROBE_BASE), the way
+# Firecracker's test init does, before anything else takes time.
+devmem 0x09020000 8 123
+load_modules
 # The kernel gives init, as arguments, the words after " -- " on its command line.
 echo HVRUN-GUEST-READY >/dev/console
 if [ $# -gt 0 ]; then
@@ -156,6 +164,7 @@ poweroff -f
 EOF
 
 make_initrd host-initrd "${host_modules[@]}" <<'EOF'
+load_modules
 for word in $(cat /proc/cmdline); do
     case $word in
         hvrun.share=*) share=${word#*=} ;;

@@ -231,6 +231,15 @@ impl MmioTransport {
         self.interrupt.raise(VIRTIO_MMIO_INT_CONFIG);
     }
 
+    /// The device's host side has something for queue `index` (console input arrived): serve
+    /// the queue as a driver notification would, if the device is running. Called from host
+    /// threads, not vCPUs.
+    pub fn host_event(&mut self, index: u16) {
+        if self.active {
+            self.notify(u32::from(index));
+        }
+    }
+
     fn notify(&mut self, index: u32) {
         if !self.active {
             debug!("virtio-mmio: QueueNotify {index} while the device is not running; ignored");

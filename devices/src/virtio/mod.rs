@@ -5,6 +5,7 @@
 //! Threading is deliberately simple: a device sits behind the bus's per-device mutex, and a queue
 //! notification is served synchronously on the vCPU thread that wrote QueueNotify.
 
+pub mod console;
 pub mod interrupt;
 pub mod mmio;
 mod queue_config;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
+pub use console::{ConsoleInput, ConsoleInputPort, VirtioConsole};
 pub use interrupt::VirtioInterrupt;
 pub use mmio::{MmioTransport, MMIO_REGION_SIZE};
 pub use rng::VirtioRng;

@@ -1,0 +1,227 @@
+//! virtio-console (VIRTIO 1.2 §5.3) with one port: the guest's `hvc0`. What the guest writes to
+//! the transmit queue goes to a host writer (hvrun's stdout); host input waits in a bounded
+//! [`ConsoleInput`] buffer until the guest has posted receive buffers for it.
+//!
+//! No optional features: no MULTIPORT (one port is what a console needs), no SIZE, no
+//! EMERG_WRITE. Without them the config space has no fields the driver may use (§5.3.4).
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
+
+use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::{MmioTransport, VirtioDevice, VirtioError, VirtioInterrupt};
+
+/// Queue 0, `receiveq(port0)`: buffers the driver posts for input (§5.3.2).
+pub const RECEIVEQ: u16 = 0;
+/// Queue 1, `transmitq(port0)`: output from the guest.
+pub const TRANSMITQ: u16 = 1;
+/// 256 entries each, like the other devices; Linux posts one page-sized buffer per entry.
+const QUEUE_SIZES: [u16; 2] = [256, 256];
+
+/// How much typed-ahead input is kept while the guest is not reading. Beyond it,
+/// [`ConsoleInput::push`] takes nothing and the host side waits, as with a full UART FIFO.
+pub const INPUT_CAPACITY: usize = 64 * 1024;
+
+/// Host input on its way to the guest, shared between the device and the host's reader.
+#[derive(Default)]
+pub struct ConsoleInput {
+    pending: Mutex<VecDeque<u8>>,
+}
+
+impl ConsoleInput {
+    /// Queues as much of `bytes` as fits in [`INPUT_CAPACITY`]; returns how many were taken.
+    pub fn push(&self, bytes: &[u8]) -> usize {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let taken = bytes.len().min(INPUT_CAPACITY - pending.len());
+        pending.extend(&bytes[..taken]);
+        taken
+    }
+
+    /// Bytes waiting for the guest.
+    pub fn len(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The host's end of a running console: queue input, then tell the device it has some.
+pub struct ConsoleInputPort {
+    input: Arc<ConsoleInput>,
+    transport: Arc<Mutex<MmioTransport>>,
+}
+
+impl ConsoleInputPort {
+    /// `input` must be the buffer the console behind `transport` was created with.
+    pub fn new(input: Arc<ConsoleInput>, transport: Arc<Mutex<MmioTransport>>) -> Self {
+        ConsoleInputPort { input, transport }
+    }
+
+    /// Queues what fits of `bytes` and hands it to the guest's receive buffers if it has posted
+    /// any. Returns how many bytes were taken (0 when the guest has not read for a while).
+    pub fn send(&self, bytes: &[u8]) -> usize {
+        let taken = self.input.push(bytes);
+        if taken > 0 {
+            // The buffer's lock is released by now: the device takes it again, under the
+            // transport's lock, which is the order a vCPU thread uses too.
+            self.transport.lock().unwrap_or_else(|p| p.into_inner()).host_event(RECEIVEQ);
+        }
+        taken
+    }
+}
+
+/// What the device holds between DRIVER_OK and reset.
+struct Running {
+    mem: GuestMemoryMmap,
+    receiveq: Queue,
+    transmitq: Queue,
+    interrupt: Arc<VirtioInterrupt>,
+}
+
+/// The console device.
+pub struct VirtioConsole {
+    output: Box<dyn Write + Send>,
+    input: Arc<ConsoleInput>,
+    running: Option<Running>,
+    /// Set after the first failed write to the host, so the log says so once.
+    output_failed: bool,
+}
+
+impl VirtioConsole {
+    /// A console whose output goes to `output` and whose input comes from `input`.
+    pub fn new(output: Box<dyn Write + Send>, input: Arc<ConsoleInput>) -> Self {
+        VirtioConsole { output, input, running: None, output_failed: false }
+    }
+
+    /// Moves pending input into the receive buffers the driver posted, one chain at a time, and
+    /// stops when either runs out: a buffer is only used when there is something to put in it.
+    fn fill_receive_buffers(
+        running: &mut Running,
+        input: &ConsoleInput,
+    ) -> Result<(), VirtioError> {
+        let Running { mem, receiveq, interrupt, .. } = running;
+        let broken = |source| VirtioError::BrokenQueue { queue: RECEIVEQ, source };
+        let mut pending = input.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut completed = 0;
+        // At most one queue's worth, like `serve_available`: a guest cannot keep us here.
+        for _ in 0..receiveq.size() {
+            if pending.is_empty() {
+                break;
+            }
+            let Some(chain) = receiveq.iter(&*mem).map_err(broken)?.next() else { break };
+            let head = chain.head_index();
+            let written = match chain.writer(&*mem) {
+                Ok(mut writer) => {
+                    // A short write means the chain is full; what is left stays pending.
+                    let (first, second) = pending.as_slices();
+                    let mut n = writer.write(first).unwrap_or(0);
+                    if n == first.len() {
+                        n += writer.write(second).unwrap_or(0);
+                    }
+                    pending.drain(..n);
+                    n
+                }
+                Err(e) => {
+                    log::debug!("virtio-console: dropping a receive buffer outside guest RAM: {e}");
+                    0
+                }
+            };
+            // `written` is at most INPUT_CAPACITY, so it fits.
+            receiveq.add_used(&*mem, head, written as u32).map_err(broken)?;
+            completed += 1;
+        }
+        if completed > 0 && receiveq.needs_notification(&*mem).map_err(broken)? {
+            interrupt.signal_used_queue();
+        }
+        Ok(())
+    }
+
+    /// Copies what the guest transmitted to the host writer.
+    fn drain_transmit_queue(&mut self) -> Result<(), VirtioError> {
+        let Some(Running { mem, transmitq, interrupt, .. }) = self.running.as_mut() else {
+            return Ok(());
+        };
+        let output = &mut self.output;
+        let output_failed = &mut self.output_failed;
+        super::serve_available(transmitq, TRANSMITQ, mem, interrupt, |chain| {
+            let copied = chain
+                .reader(mem)
+                .map_err(|e| io::Error::other(e.to_string()))
+                .and_then(|mut reader| io::copy(&mut reader, output));
+            if let Err(e) = copied.and_then(|_| output.flush()) {
+                if !*output_failed {
+                    log::warn!("virtio-console: host output failed, guest output is lost: {e}");
+                    *output_failed = true;
+                }
+            }
+            0 // the device writes nothing into transmit buffers
+        })
+    }
+}
+
+impl VirtioDevice for VirtioConsole {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_CONSOLE
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        0
+    }
+
+    /// No feature that gives the config fields meaning is offered (§5.3.4): all read as zero.
+    fn read_config(&self, _offset: u64, _data: &mut [u8]) {}
+
+    fn activate(
+        &mut self,
+        _features: u64,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Arc<VirtioInterrupt>,
+    ) -> Result<(), VirtioError> {
+        let got = queues.len();
+        let Ok::<[Queue; 2], _>([receiveq, transmitq]) = queues.try_into() else {
+            return Err(VirtioError::QueueCount { expected: 2, got });
+        };
+        for (index, queue) in [(RECEIVEQ, &receiveq), (TRANSMITQ, &transmitq)] {
+            if !queue.ready() {
+                return Err(VirtioError::QueueNotReady(index));
+            }
+        }
+        let mut running = Running { mem, receiveq, transmitq, interrupt };
+        // Input typed before the driver came up is delivered as soon as there are buffers.
+        Self::fill_receive_buffers(&mut running, &self.input)?;
+        self.running = Some(running);
+        Ok(())
+    }
+
+    fn process_queue(&mut self, index: u16) -> Result<(), VirtioError> {
+        match index {
+            RECEIVEQ => match self.running.as_mut() {
+                Some(running) => Self::fill_receive_buffers(running, &self.input),
+                None => Ok(()),
+            },
+            TRANSMITQ => self.drain_transmit_queue(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Input still pending stays queued for the next driver: it is the user's typing, not
+    /// device state.
+    fn reset(&mut self) {
+        self.running = None;
+    }
+}
+
+#[cfg(test)]
+mod tests;
