@@ -1,4 +1,8 @@
-//! arm64 facts hvrun needs to start a Linux guest.
+//! arm64 facts hvrun needs to start a Linux guest, and the portable policy a backend that traps
+//! to userspace (Hypervisor.framework) applies to exits: ESR decoding, PSCI, system registers,
+//! WFI and the virtual timer.
+
+pub mod esr;
 
 use crate::hv::Reg;
 
