@@ -3,6 +3,8 @@
 //! WFI and the virtual timer.
 
 pub mod esr;
+pub mod power;
+pub mod psci;
 
 use crate::hv::Reg;
 
