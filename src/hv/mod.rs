@@ -16,6 +16,7 @@ use std::sync::Arc;
 use boot::PsciConduit;
 use devices::IrqLine;
 
+pub mod hvf;
 #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
 pub mod kvm;
 
