@@ -5,6 +5,7 @@
 
 pub mod block;
 pub mod bus;
+pub mod gic_v3;
 pub mod irq;
 pub mod pvpanic;
 pub mod serial;
