@@ -85,9 +85,21 @@ extern "C" {
     pub fn hv_vcpu_set_vtimer_offset(vcpu: hv_vcpu_t, vtimer_offset: u64) -> hv_return_t;
 }
 
+/// `mach_timebase_info_data_t`: `nanoseconds = ticks * numer / denom`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct mach_timebase_info_data_t {
+    pub numer: u32,
+    pub denom: u32,
+}
+
+// From libSystem, which every macOS binary links.
 extern "C" {
-    /// Releases an OS object (`hv_vm_config_t`, `hv_gic_config_t`, ...); from libSystem.
+    /// Releases an OS object (`hv_vm_config_t`, `hv_gic_config_t`, ...).
     pub fn os_release(object: *mut c_void);
-    /// The host's counter, which the guest's virtual counter follows (libSystem).
+    /// The host counter the guest's virtual counter follows:
+    /// `CNTVCT_EL0 = mach_absolute_time() - vtimer_offset` (`hv_vcpu.h`).
     pub fn mach_absolute_time() -> u64;
+    /// The counter's rate.
+    pub fn mach_timebase_info(info: *mut mach_timebase_info_data_t) -> i32;
 }

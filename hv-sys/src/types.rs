@@ -192,11 +192,16 @@ pub const HV_GIC_INT_EL1_PHYSICAL_TIMER: hv_gic_intid_t = 30;
 pub type hv_gic_distributor_reg_t = u16;
 pub const HV_GIC_DISTRIBUTOR_REG_GICD_CTLR: hv_gic_distributor_reg_t = 0x0000;
 pub const HV_GIC_DISTRIBUTOR_REG_GICD_TYPER: hv_gic_distributor_reg_t = 0x0004;
+/// GICD_ISENABLER<n> is at 0x0100 + 4n.
+pub const HV_GIC_DISTRIBUTOR_REG_GICD_ISENABLER0: hv_gic_distributor_reg_t = 0x0100;
+/// GICD_ISPENDR<n> is at 0x0200 + 4n.
+pub const HV_GIC_DISTRIBUTOR_REG_GICD_ISPENDR0: hv_gic_distributor_reg_t = 0x0200;
 
 /// In-kernel GIC redistributor registers (`uint32_t`): the offset from RD_base; the SGI_base
 /// frame starts at 0x10000.
 pub type hv_gic_redistributor_reg_t = u32;
 pub const HV_GIC_REDISTRIBUTOR_REG_GICR_TYPER: hv_gic_redistributor_reg_t = 0x0008;
+pub const HV_GIC_REDISTRIBUTOR_REG_GICR_ISENABLER0: hv_gic_redistributor_reg_t = 0x1_0100;
 pub const HV_GIC_REDISTRIBUTOR_REG_GICR_ISPENDR0: hv_gic_redistributor_reg_t = 0x1_0200;
 pub const HV_GIC_REDISTRIBUTOR_REG_GICR_ICPENDR0: hv_gic_redistributor_reg_t = 0x1_0280;
 

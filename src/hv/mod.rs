@@ -52,6 +52,8 @@ pub enum HandledExit {
     Wfe,
     /// The virtual timer fired and its interrupt was raised.
     VtimerActivated,
+    /// A cache maintenance instruction on an address without memory: skipped.
+    CacheMaintenance,
     /// The guest did something the VMM cannot emulate (an unknown system register, an MMIO
     /// access without a valid syndrome) and got an exception injected back.
     ExceptionInjected,

@@ -1,0 +1,202 @@
+//! A Hypervisor.framework VM: its configuration (IPA width, EL2), the in-kernel GIC, guest
+//! memory, and the state its vCPU threads share (power states, doorbells, the vtimer offset).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use hv_sys::newer::{El2Api, GicApi};
+use hv_sys::*;
+
+use super::errors::check;
+use super::ipa::{choose_ipa_bits, IpaChoice};
+use super::kick::Doorbell;
+use super::vcpu::HvfVcpu;
+use super::{gic, HostCaps, HvfOptions};
+use crate::arch::aarch64::mpidr_for_vcpu;
+use crate::arch::aarch64::power::VcpuPowerStates;
+use crate::hv::{HvError, MemoryPerms, Result, Vm, VmSpec};
+use devices::IrqLine;
+
+/// What a VM's vCPU threads share.
+pub struct VmShared {
+    /// PSCI power states and the CPU_ON mailbox.
+    pub power: VcpuPowerStates,
+    /// One per vCPU: kicks and WFI wake-ups.
+    pub doorbells: Vec<Arc<Doorbell>>,
+    /// Whether vCPU `i` exists (so a kick may call `hv_vcpus_exit` on it).
+    pub alive: Vec<AtomicBool>,
+    /// The in-kernel GIC, when the framework provides it (macOS 15).
+    pub gic: Option<&'static GicApi>,
+    /// The guest runs at EL2 (`--nested`).
+    pub el2: bool,
+    /// One vtimer offset for every vCPU: booting.rst requires CNTVOFF to be the same on all
+    /// CPUs. `CNTVCT_EL0 = mach_absolute_time() - offset`, so the guest's count starts at 0.
+    pub vtimer_offset: u64,
+    /// The counter frequency (`mach_absolute_time` ticks per second; the guest's CNTFRQ).
+    pub counter_hz: u64,
+    /// WFI does not sleep when the timer is due within this many ticks.
+    pub spin_ticks: u64,
+}
+
+impl VmShared {
+    /// Ends the WFI sleep of every vCPU (an interrupt may be pending for one of them).
+    pub fn wake_all(&self) {
+        for bell in &self.doorbells {
+            bell.wake();
+        }
+    }
+}
+
+/// The process's one VM.
+pub struct HvfVm {
+    shared: Arc<VmShared>,
+}
+
+impl HvfVm {
+    pub(super) fn create(caps: &HostCaps, options: &HvfOptions, spec: &VmSpec) -> Result<Self> {
+        let ipa = choose_ipa_bits(spec.ipa_bits, caps.default_ipa_bits, caps.max_ipa_bits)
+            .map_err(|e| {
+                HvError::new("sizing the guest address space", std::io::Error::other(e))
+            })?;
+        // SAFETY: no arguments; returns a new OS object (null on failure, which
+        // hv_vm_create treats as "defaults" — then the checks below fail loudly).
+        let config = unsafe { hv_vm_config_create() };
+        let configured = configure(config, ipa, options.nested);
+        let created = configured.and_then(|()| {
+            // SAFETY: `config` is a live configuration (or null: the defaults).
+            check(unsafe { hv_vm_create(config) }, "hv_vm_create")
+        });
+        if !config.is_null() {
+            // SAFETY: we own the one reference hv_vm_config_create gave us.
+            unsafe { os_release(config) };
+        }
+        created?;
+        // From here on, dropping `vm` destroys the framework's VM.
+        let vm = HvfVm { shared: Arc::new(shared_state(caps, options, spec)) };
+        if let Some(api) = caps.gic {
+            gic::create(api)?;
+        }
+        Ok(vm)
+    }
+}
+
+/// Sets the IPA width and EL2 on a fresh VM configuration.
+fn configure(config: hv_vm_config_t, ipa: IpaChoice, nested: bool) -> Result<()> {
+    if let IpaChoice::Set(bits) = ipa {
+        // SAFETY: `config` came from hv_vm_config_create.
+        check(unsafe { hv_vm_config_set_ipa_size(config, bits) }, "hv_vm_config_set_ipa_size")?;
+    }
+    if nested {
+        let api = El2Api::get().ok_or_else(|| {
+            HvError::new(
+                "--nested needs macOS 15 or later",
+                std::io::Error::from(std::io::ErrorKind::Unsupported),
+            )
+        })?;
+        // SAFETY: `config` came from hv_vm_config_create.
+        let ret = unsafe { (api.hv_vm_config_set_el2_enabled)(config, true) };
+        check(ret, "hv_vm_config_set_el2_enabled")?;
+    }
+    Ok(())
+}
+
+fn shared_state(caps: &HostCaps, options: &HvfOptions, spec: &VmSpec) -> VmShared {
+    let counter_hz = counter_frequency();
+    VmShared {
+        power: VcpuPowerStates::new((0..spec.vcpus).map(mpidr_for_vcpu).collect()),
+        doorbells: (0..spec.vcpus).map(|_| Arc::new(Doorbell::new())).collect(),
+        alive: (0..spec.vcpus).map(|_| AtomicBool::new(false)).collect(),
+        gic: caps.gic,
+        el2: options.nested,
+        // SAFETY: mach_absolute_time has no preconditions.
+        vtimer_offset: unsafe { mach_absolute_time() },
+        counter_hz,
+        spin_ticks: super::wfi::duration_to_ticks(options.wfi_spin, counter_hz),
+    }
+}
+
+/// Ticks per second of `mach_absolute_time`: `ns = ticks * numer / denom`, so
+/// `hz = 1e9 * denom / numer` (24 MHz on Apple Silicon).
+fn counter_frequency() -> u64 {
+    let mut info = mach_timebase_info_data_t::default();
+    // SAFETY: writes the two fields of `info`.
+    let ret = unsafe { mach_timebase_info(&mut info) };
+    if ret != 0 || info.numer == 0 {
+        return 24_000_000;
+    }
+    1_000_000_000 * u64::from(info.denom) / u64::from(info.numer)
+}
+
+impl Drop for HvfVm {
+    fn drop(&mut self) {
+        // Every vCPU was destroyed by its own thread, which the VMM joined before dropping the
+        // VM (`hv_vm_destroy` requires that).
+        // SAFETY: no arguments; this process's VM exists.
+        let ret = unsafe { hv_vm_destroy() };
+        if let Err(e) = check(ret, "hv_vm_destroy") {
+            log::warn!("{e}");
+        }
+    }
+}
+
+impl Vm for HvfVm {
+    type Vcpu = HvfVcpu;
+
+    unsafe fn map_memory(
+        &self,
+        host_addr: *mut u8,
+        guest_addr: u64,
+        size: u64,
+        perms: MemoryPerms,
+    ) -> Result<()> {
+        let flags = if perms.read { HV_MEMORY_READ } else { 0 }
+            | if perms.write { HV_MEMORY_WRITE } else { 0 }
+            | if perms.exec { HV_MEMORY_EXEC } else { 0 };
+        let size = usize::try_from(size).map_err(|_| {
+            HvError::new(
+                "guest memory size",
+                std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            )
+        })?;
+        // SAFETY: the caller guarantees the host range is one live mmap'd region that outlives
+        // the VM; the framework checks alignment and reports it.
+        let ret = unsafe { hv_vm_map(host_addr.cast(), guest_addr, size, flags) };
+        check(ret, &format!("hv_vm_map at {guest_addr:#x} ({size:#x} bytes)"))
+    }
+
+    fn create_vcpu(&self, index: u32) -> Result<HvfVcpu> {
+        HvfVcpu::create(self.shared.clone(), index)
+    }
+
+    fn vcpus_created(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn irq_line(&self, spi: u32) -> Arc<dyn IrqLine> {
+        match self.shared.gic {
+            Some(api) => Arc::new(gic::InKernelSpi {
+                api,
+                intid: 32 + spi,
+                vm: self.shared.clone(),
+                logged: AtomicBool::new(false),
+            }),
+            None => Arc::new(NoGicLine { spi, logged: AtomicBool::new(false) }),
+        }
+    }
+}
+
+/// Stands in for an SPI when there is no in-kernel GIC (macOS 13/14) until the userspace GIC
+/// is wired in: the level is dropped, once with a warning. `HvfHypervisor::open` refuses such
+/// hosts, so this only exists to keep `irq_line` total.
+struct NoGicLine {
+    spi: u32,
+    logged: AtomicBool,
+}
+
+impl IrqLine for NoGicLine {
+    fn set_level(&self, _high: bool) {
+        if !self.logged.swap(true, Ordering::Relaxed) {
+            log::warn!("SPI {}: no interrupt controller to deliver it to", self.spi);
+        }
+    }
+}
