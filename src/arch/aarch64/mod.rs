@@ -5,6 +5,7 @@
 pub mod esr;
 pub mod power;
 pub mod psci;
+pub mod sysreg;
 
 use crate::hv::Reg;
 
