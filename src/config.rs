@@ -144,6 +144,8 @@ pub struct VmConfig {
     pub disks: Vec<Disk>,
     /// Reboot the guest on PSCI SYSTEM_RESET (the default) instead of exiting.
     pub reboot: bool,
+    /// Give the guest EL2 (`--nested`; Hypervisor.framework on macOS 15 with an M3 or later).
+    pub nested: bool,
 }
 
 /// The user's choices as given on the command line, before checking.
@@ -156,6 +158,7 @@ pub struct VmArgs {
     pub cpus: u32,
     pub disks: Vec<String>,
     pub no_reboot: bool,
+    pub nested: bool,
 }
 
 impl VmConfig {
@@ -207,6 +210,7 @@ impl VmConfig {
             vcpus: args.cpus,
             disks,
             reboot: !args.no_reboot,
+            nested: args.nested,
         })
     }
 

@@ -14,6 +14,17 @@ const ISTATUS: u64 = 1 << 2;
 /// than spinning through a few more WFI exits (QEMU's HVF backend does not sleep under 2 ms).
 pub const DEFAULT_SPIN_THRESHOLD: Duration = Duration::from_millis(2);
 
+/// The environment variable that overrides [`DEFAULT_SPIN_THRESHOLD`], in microseconds (for
+/// benchmarking the WFI path; 0 always sleeps).
+pub const SPIN_THRESHOLD_ENV: &str = "HVRUN_WFI_SPIN_US";
+
+/// Parses the value of [`SPIN_THRESHOLD_ENV`].
+pub fn parse_spin_threshold(text: &str) -> Result<Duration, String> {
+    text.trim().parse::<u64>().map(Duration::from_micros).map_err(|_| {
+        format!("{SPIN_THRESHOLD_ENV}={text}: expected a whole number of microseconds")
+    })
+}
+
 /// Whether the timer's interrupt line is high: enabled, condition met, not masked.
 pub fn vtimer_line(ctl: u64) -> bool {
     ctl & (ENABLE | IMASK | ISTATUS) == ENABLE | ISTATUS
@@ -88,6 +99,13 @@ mod tests {
     fn wfi_with_the_timer_in_the_future_sleeps_unless_it_is_too_soon() {
         assert_eq!(wfi_sleep(ENABLE, 1000, 100, 10), WfiSleep::Ticks(900));
         assert_eq!(wfi_sleep(ENABLE, 105, 100, 10), WfiSleep::Resume);
+    }
+
+    #[test]
+    fn spin_threshold_from_the_environment() {
+        assert_eq!(parse_spin_threshold("500"), Ok(Duration::from_micros(500)));
+        assert_eq!(parse_spin_threshold("0"), Ok(Duration::ZERO));
+        assert!(parse_spin_threshold("2ms").unwrap_err().contains("HVRUN_WFI_SPIN_US=2ms"));
     }
 
     #[test]
