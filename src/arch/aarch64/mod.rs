@@ -6,6 +6,7 @@ pub mod esr;
 pub mod power;
 pub mod psci;
 pub mod sysreg;
+pub mod timer;
 
 use crate::hv::Reg;
 
