@@ -3,6 +3,7 @@
 //! WFI and the virtual timer.
 
 pub mod esr;
+pub mod gic;
 pub mod power;
 pub mod psci;
 pub mod sysreg;
