@@ -54,6 +54,9 @@ pub enum HandledExit {
     VtimerActivated,
     /// A cache maintenance instruction on an address without memory: skipped.
     CacheMaintenance,
+    /// An access to the registers of an interrupt controller the backend emulates itself (the
+    /// userspace GICv3 Hypervisor.framework needs before macOS 15).
+    GicMmio,
     /// The guest did something the VMM cannot emulate (an unknown system register, an MMIO
     /// access without a valid syndrome) and got an exception injected back.
     ExceptionInjected,

@@ -1,11 +1,60 @@
-//! The in-kernel GICv3 of macOS 15 (`hv_gic_*`): placing it where the device tree says, and
-//! driving its SPIs. The geometry check is portable and unit-tested; the calls are macOS-only.
+//! The VM's GICv3: the in-kernel one of macOS 15 (`hv_gic_*`), placed where the device tree
+//! says, or on macOS 13/14 the userspace model (`devices::gic_v3`), whose registers the backend
+//! serves itself — as KVM serves its vGIC in the kernel — so its MMIO never reaches the bus.
+//! The geometry check and the userspace glue are portable and unit-tested; the framework calls
+//! are macOS-only.
 //!
 //! Order matters (`hv_gic.h`): create the GIC after `hv_vm_create` and before any vCPU; set each
 //! vCPU's MPIDR_EL1 before asking for its redistributor. The redistributor region holds one
 //! 128 KiB redistributor (RD_base + SGI_base frames) per vCPU the VM supports, contiguously.
 
+use std::sync::{Arc, Mutex};
+
 use boot::layout;
+use devices::gic_v3::{GicV3, GICD_FRAME_SIZE};
+use devices::BusDevice;
+
+/// The userspace GIC and its two register blocks, as the vCPU threads reach them.
+pub struct UserspaceGic {
+    pub gic: GicV3,
+    distributor: Arc<Mutex<dyn BusDevice>>,
+    redistributors: Arc<Mutex<dyn BusDevice>>,
+    redistributors_size: u64,
+}
+
+impl UserspaceGic {
+    pub fn new(gic: GicV3) -> Self {
+        UserspaceGic {
+            distributor: gic.distributor(),
+            redistributors: gic.redistributors(),
+            redistributors_size: gic.redistributors_size(),
+            gic,
+        }
+    }
+
+    /// Serves an MMIO access if `addr` is one of the GIC's registers: `Some(value read)` (0
+    /// for a write), `None` if the address is not the GIC's.
+    pub fn mmio(&self, addr: u64, size: u8, write: Option<u64>) -> Option<u64> {
+        let (frame, offset) = if (layout::GICD_BASE..layout::GICD_BASE + GICD_FRAME_SIZE)
+            .contains(&addr)
+        {
+            (&self.distributor, addr - layout::GICD_BASE)
+        } else if (layout::GICR_BASE..layout::GICR_BASE + self.redistributors_size).contains(&addr)
+        {
+            (&self.redistributors, addr - layout::GICR_BASE)
+        } else {
+            return None;
+        };
+        let mut frame = frame.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        Some(match write {
+            Some(value) => {
+                frame.write(offset, size, value);
+                0
+            }
+            None => frame.read(offset, size),
+        })
+    }
+}
 
 /// What the framework reports about its GIC (`hv_gic_parameters.h`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,6 +234,22 @@ mod macos {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::aarch64::gic::userspace_gic;
+
+    #[test]
+    fn the_userspace_gic_serves_its_own_frames_only() {
+        let gic = UserspaceGic::new(userspace_gic(2).unwrap());
+        // GICD_PIDR2.ArchRev = 3 (GICv3).
+        assert_eq!(gic.mmio(layout::GICD_BASE + 0xffe8, 4, None).map(|v| v & 0xf0), Some(0x30));
+        // The second vCPU's GICR_TYPER says Last (bit 4).
+        let typer = layout::GICR_BASE + layout::GICR_SIZE_PER_VCPU + 8;
+        assert_eq!(gic.mmio(typer, 8, None).map(|v| v & 0x10), Some(0x10));
+        assert_eq!(gic.mmio(layout::GICR_BASE + layout::gicr_size(2), 4, None), None);
+        assert_eq!(gic.mmio(layout::UART_BASE, 1, Some(0x41)), None);
+        // GICD_CTLR: enable Group 1 (ARE is fixed on); the write goes to the model.
+        assert_eq!(gic.mmio(layout::GICD_BASE, 4, Some(0x2)), Some(0));
+        assert_eq!(gic.mmio(layout::GICD_BASE, 4, None).map(|v| v & 0x2), Some(0x2));
+    }
 
     /// What QEMU's virt machine layout (same bases as hvrun's) assumes of macOS 15.
     fn plausible() -> GicGeometry {

@@ -36,7 +36,7 @@ pub struct HvfOptions {
 
 impl Default for HvfOptions {
     fn default() -> Self {
-        HvfOptions { nested: false, wfi_spin: wfi::DEFAULT_SPIN_THRESHOLD }
+        HvfOptions { nested: false, wfi_spin: crate::arch::aarch64::timer::DEFAULT_SPIN_THRESHOLD }
     }
 }
 
@@ -84,11 +84,7 @@ mod macos {
             check(unsafe { hv_vm_destroy() }, "hv_vm_destroy")?;
             let caps = caps?;
             if caps.gic.is_none() {
-                return Err(unsupported(
-                    "this macOS has no in-kernel GIC (hv_gic_*, macOS 15): the userspace GIC \
-                     hvrun needs on macOS 13 and 14 is not wired in yet; update to macOS 15"
-                        .into(),
-                ));
+                log::info!("no in-kernel GIC (macOS 13/14): using hvrun's userspace GICv3");
             }
             if options.nested {
                 check_el2()?;
@@ -99,8 +95,11 @@ mod macos {
 
     /// Whether the chip and macOS support a guest EL2.
     fn check_el2() -> Result<()> {
-        let api =
-            El2Api::get().ok_or_else(|| unsupported("--nested needs macOS 15 or later".into()))?;
+        // The in-kernel GIC comes with the same macOS; a nested guest needs it (the vCPU
+        // interrupt-line calls cannot inject into a guest hypervisor's guests, hv_gic.h).
+        let api = El2Api::get()
+            .filter(|_| GicApi::get().is_some())
+            .ok_or_else(|| unsupported("--nested needs macOS 15 or later".into()))?;
         let mut supported = false;
         // SAFETY: writes one bool.
         let ret = unsafe { (api.hv_vm_config_get_el2_supported)(&mut supported) };

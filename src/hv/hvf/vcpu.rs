@@ -13,18 +13,18 @@ use super::exit::{plan, ExitPlan};
 use super::inject::{inject, FromState, GuestException};
 use super::kick::Doorbell;
 use super::regs::{entry_pstate, hv_reg, HvReg};
-use super::vm::VmShared;
-use super::wfi::{ticks_to_duration, vtimer_line, wfi_sleep, WfiSleep};
+use super::vm::{GicBackend, VmShared};
 use crate::arch::aarch64::esr::{MmioAccess, MmioDecision, WaitKind};
 use crate::arch::aarch64::mpidr_for_vcpu;
 use crate::arch::aarch64::power::PowerWait;
 use crate::arch::aarch64::psci::{handle_call, pc_after_call, ret, PsciAction, SmcccCall};
+use crate::arch::aarch64::sysreg::{emulate, SysRegAccess, SysRegOutcome};
+use crate::arch::aarch64::timer::{vtimer_should_unmask, wfi_decision, WfiDecision, WfiInputs};
 use crate::hv::{HandledExit, HvError, Kicker, Reg, Result, SystemEvent, Vcpu, VmEntry, VmExit};
 use boot::layout;
 use boot::PsciConduit;
+use devices::gic_v3::VTIMER_PPI;
 
-/// The virtual timer's interrupt: PPI 11, interrupt ID 27 (the FDT's timer node says so).
-const VTIMER_INTID: u32 = 27;
 /// SCTLR_EL1 with only its RES1 bits set: MMU and caches off, as PSCI CPU_ON requires of the
 /// entry state (DEN0022 §6.4). Bits 29, 28, 23, 22, 20 and 11 are RES1 (Arm ARM D24.2.163).
 const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
@@ -43,8 +43,6 @@ pub struct HvfVcpu {
     vtimer_masked: bool,
     /// PSCI state: off until CPU_ON (vCPU 0 starts on).
     powered_on: bool,
-    /// Trapped system registers reported so far (the log stays quiet after a few).
-    sysregs_logged: u32,
 }
 
 impl HvfVcpu {
@@ -69,7 +67,6 @@ impl HvfVcpu {
             doorbell,
             pending_load: None,
             vtimer_masked: false,
-            sysregs_logged: 0,
         };
         vcpu.set_sys(HV_SYS_REG_MPIDR_EL1, mpidr_for_vcpu(index))?;
         // SAFETY: this thread owns the vCPU.
@@ -82,13 +79,14 @@ impl HvfVcpu {
             vcpu.set_sys(HV_SYS_REG_ID_AA64PFR1_EL1, pfr1 & !(0xf << 24))?;
         }
         vcpu.check_redistributor();
+        vcpu.vm.handles[index as usize].store(id, Ordering::Release);
         vcpu.vm.alive[index as usize].store(true, Ordering::Release);
         Ok(vcpu)
     }
 
     /// Warns if the framework put this vCPU's redistributor elsewhere than the device tree says.
     fn check_redistributor(&self) {
-        let Some(api) = self.vm.gic else { return };
+        let GicBackend::InKernel(api) = self.vm.gic else { return };
         let mut base = 0;
         // SAFETY: this thread owns the vCPU, whose MPIDR is set; writes one u64.
         let ret = unsafe { (api.hv_gic_get_redistributor_base)(self.id, &mut base) };
@@ -188,6 +186,11 @@ impl HvfVcpu {
     }
 
     fn mmio(&mut self, ipa: u64, decision: MmioDecision, exit: &hv_vcpu_exit_t) -> Result<VmExit> {
+        if let (GicBackend::Userspace(_), MmioDecision::Access(access)) = (&self.vm.gic, decision) {
+            if let Some(exit) = self.userspace_gic_mmio(ipa, access)? {
+                return Ok(exit);
+            }
+        }
         match decision {
             MmioDecision::Access(access) if access.write => {
                 let reg_value = match access.source_register() {
@@ -221,6 +224,25 @@ impl HvfVcpu {
         }
     }
 
+    /// Serves an access to the userspace GIC's registers here, as KVM serves its vGIC in the
+    /// kernel: `None` if `ipa` is not the GIC's.
+    fn userspace_gic_mmio(&mut self, ipa: u64, access: MmioAccess) -> Result<Option<VmExit>> {
+        let GicBackend::Userspace(gic) = &self.vm.gic else { return Ok(None) };
+        let write = match (access.write, access.source_register()) {
+            (true, Some(reg)) => Some(access.store_value(self.x(reg)?)),
+            (true, None) => Some(0),
+            (false, _) => None,
+        };
+        let Some(value) = gic.mmio(ipa, access.size, write) else { return Ok(None) };
+        if write.is_none() {
+            if let Some((reg, value)) = access.load_result(value) {
+                self.set_core(HV_REG_X0 + u32::from(reg), value)?;
+            }
+        }
+        self.skip_instruction()?;
+        Ok(Some(VmExit::Handled(HandledExit::GicMmio)))
+    }
+
     fn hypercall(&mut self, smc: bool, imm: u16) -> Result<VmExit> {
         let call = SmcccCall::new(u32::from(imm), self.x(0)?, self.x(1)?, self.x(2)?, self.x(3)?);
         let conduit = if smc { PsciConduit::Smc } else { PsciConduit::Hvc };
@@ -250,20 +272,30 @@ impl HvfVcpu {
         }
     }
 
-    /// A trapped MSR/MRS. Until the shared system-register policy lands in `arch::aarch64`,
-    /// reads are zero and writes ignored (RAZ/WI), reported a few times in the log.
+    /// A trapped MSR/MRS, completed with the shared policy (`arch::aarch64::sysreg`): GIC CPU
+    /// interface registers go to the userspace GIC, PMU/debug/ID registers are constants, the
+    /// rest get an UNDEF.
     fn sysreg(&mut self, iss: u32) -> Result<VmExit> {
-        let read = iss & 1 != 0;
-        let rt = ((iss >> 5) & 0x1f) as u8;
-        if self.sysregs_logged < 8 {
-            self.sysregs_logged += 1;
-            log::info!("vCPU {}: trapped system register (ISS {iss:#x}): RAZ/WI", self.index);
+        let access = SysRegAccess::decode(iss);
+        let rt_value = if access.read || access.rt == 31 { 0 } else { self.x(access.rt)? };
+        let gic = match &self.vm.gic {
+            GicBackend::Userspace(u) => Some((&u.gic, self.index)),
+            GicBackend::InKernel(_) => None,
+        };
+        match emulate(&access, rt_value, gic) {
+            SysRegOutcome::Complete(write) => {
+                if let Some((reg, value)) = write {
+                    self.set_core(HV_REG_X0 + u32::from(reg), value)?;
+                }
+                self.skip_instruction()?;
+                Ok(VmExit::Handled(HandledExit::SysReg))
+            }
+            SysRegOutcome::Undefined => {
+                self.vm.undefined_sysregs.record(&access);
+                self.inject(GuestException::Undefined)?;
+                Ok(VmExit::Handled(HandledExit::ExceptionInjected))
+            }
         }
-        if read && rt != 31 {
-            self.set_core(HV_REG_X0 + u32::from(rt), 0)?;
-        }
-        self.skip_instruction()?;
-        Ok(VmExit::Handled(HandledExit::SysReg))
     }
 
     fn inject(&self, exception: GuestException) -> Result<()> {
@@ -283,41 +315,45 @@ impl HvfVcpu {
         self.set_core(HV_REG_PC, to.pc)
     }
 
-    /// Makes the timer interrupt pending. With the in-kernel GIC this exit should not happen
-    /// (QEMU's HVF maintainers report the framework then handles the vtimer itself); should
-    /// it, the PPI is set pending in the vCPU's redistributor (GICR_ISPENDR0, bit 27).
+    /// Raises the timer interrupt. With the in-kernel GIC this exit should not happen (QEMU's
+    /// HVF maintainers report the framework then handles the vtimer itself); should it, the
+    /// PPI is set pending in the vCPU's redistributor (GICR_ISPENDR0, bit 27).
     fn raise_vtimer(&self) -> Result<()> {
-        if let Some(api) = self.vm.gic {
-            // SAFETY: this thread owns the vCPU.
-            let ret = unsafe {
-                (api.hv_gic_set_redistributor_reg)(
-                    self.id,
-                    HV_GIC_REDISTRIBUTOR_REG_GICR_ISPENDR0,
-                    1 << VTIMER_INTID,
-                )
-            };
-            check(ret, "setting the vtimer interrupt pending")?;
+        match &self.vm.gic {
+            GicBackend::Userspace(u) => u.gic.set_ppi_level(self.index, VTIMER_PPI, true),
+            GicBackend::InKernel(api) => {
+                // SAFETY: this thread owns the vCPU.
+                let ret = unsafe {
+                    (api.hv_gic_set_redistributor_reg)(
+                        self.id,
+                        HV_GIC_REDISTRIBUTOR_REG_GICR_ISPENDR0,
+                        1 << VTIMER_PPI,
+                    )
+                };
+                check(ret, "setting the vtimer interrupt pending")?;
+            }
         }
         Ok(())
     }
 
-    /// After VTIMER_ACTIVATED the framework keeps the vtimer masked; unmask it once the guest
-    /// has dealt with the interrupt (the line is low: disabled, masked, or reprogrammed), or
-    /// every entry would exit again at once.
+    /// After VTIMER_ACTIVATED the framework keeps the vtimer masked; lower the PPI and unmask
+    /// once the guest has dealt with the interrupt (the line is low: disabled, masked, or
+    /// reprogrammed), or every entry would exit again at once.
     fn sync_vtimer(&mut self) -> Result<()> {
-        if vtimer_line(self.get_sys(HV_SYS_REG_CNTV_CTL_EL0)?) {
+        if !vtimer_should_unmask(self.get_sys(HV_SYS_REG_CNTV_CTL_EL0)?) {
             return Ok(());
         }
-        if let Some(api) = self.vm.gic {
+        match &self.vm.gic {
+            GicBackend::Userspace(u) => u.gic.set_ppi_level(self.index, VTIMER_PPI, false),
             // SAFETY: this thread owns the vCPU. A level interrupt whose line dropped is no
             // longer pending.
-            unsafe {
+            GicBackend::InKernel(api) => unsafe {
                 (api.hv_gic_set_redistributor_reg)(
                     self.id,
                     HV_GIC_REDISTRIBUTOR_REG_GICR_ICPENDR0,
-                    1 << VTIMER_INTID,
-                )
-            };
+                    1 << VTIMER_PPI,
+                );
+            },
         }
         // SAFETY: this thread owns the vCPU.
         check(unsafe { hv_vcpu_set_vtimer_mask(self.id, false) }, "hv_vcpu_set_vtimer_mask")?;
@@ -328,7 +364,10 @@ impl HvfVcpu {
     /// Whether an enabled interrupt is pending for this vCPU in the in-kernel GIC: its SGIs and
     /// PPIs, and any SPI (whose routing the framework keeps to itself). WFI must not sleep then.
     fn interrupt_pending(&self) -> Result<bool> {
-        let Some(api) = self.vm.gic else { return Ok(false) };
+        let api = match &self.vm.gic {
+            GicBackend::Userspace(u) => return Ok(u.gic.has_pending(self.index)),
+            GicBackend::InKernel(api) => api,
+        };
         let mut pend = 0;
         let mut enabled = 0;
         // SAFETY: this thread owns the vCPU; each call writes one u64.
@@ -366,25 +405,27 @@ impl HvfVcpu {
         Ok(false)
     }
 
-    /// WFI: return at once if an interrupt is pending or the timer is (nearly) due; otherwise
-    /// sleep until the timer deadline, an interrupt, or a kick.
+    /// WFI, with the shared policy (`arch::aarch64::timer`): return at once if an interrupt is
+    /// pending or the timer is (nearly) due; otherwise sleep until the timer's deadline, an
+    /// interrupt, or a kick.
     fn wfi(&mut self) -> Result<()> {
+        // Before looking at the GIC: an interrupt raised after the look still ends the sleep.
         self.doorbell.clear_wake();
-        if self.interrupt_pending()? {
-            return Ok(());
-        }
-        let ctl = self.get_sys(HV_SYS_REG_CNTV_CTL_EL0)?;
-        let cval = self.get_sys(HV_SYS_REG_CNTV_CVAL_EL0)?;
-        // SAFETY: mach_absolute_time has no preconditions.
-        let now = unsafe { mach_absolute_time() }.wrapping_sub(self.vm.vtimer_offset);
-        match wfi_sleep(ctl, cval, now, self.vm.spin_ticks) {
-            WfiSleep::Resume => {}
-            WfiSleep::UntilWoken => {
+        let inputs = WfiInputs {
+            cntv_ctl: self.get_sys(HV_SYS_REG_CNTV_CTL_EL0)?,
+            cntv_cval: self.get_sys(HV_SYS_REG_CNTV_CVAL_EL0)?,
+            // SAFETY: mach_absolute_time has no preconditions.
+            cntvct: unsafe { mach_absolute_time() }.wrapping_sub(self.vm.vtimer_offset),
+            cntfrq_hz: self.vm.counter_hz,
+            interrupt_pending: self.interrupt_pending()?,
+        };
+        match wfi_decision(&inputs, self.vm.wfi_spin) {
+            WfiDecision::Resume => {}
+            WfiDecision::SleepUntilKick => {
                 self.doorbell.sleep(None);
             }
-            WfiSleep::Ticks(ticks) => {
-                let deadline = Instant::now() + ticks_to_duration(ticks, self.vm.counter_hz);
-                self.doorbell.sleep(Some(deadline));
+            WfiDecision::SleepFor(wait) => {
+                self.doorbell.sleep(Some(Instant::now() + wait));
             }
         }
         Ok(())
@@ -439,6 +480,15 @@ impl Vcpu for HvfVcpu {
         }
         if self.vtimer_masked {
             self.sync_vtimer()?;
+        }
+        if let GicBackend::Userspace(u) = &self.vm.gic {
+            // The framework clears the line when the run returns (hv_vcpu.h): set it, high or
+            // low, before every entry.
+            let pending = u.gic.has_pending(self.index);
+            // SAFETY: this thread owns the vCPU.
+            let ret =
+                unsafe { hv_vcpu_set_pending_interrupt(self.id, HV_INTERRUPT_TYPE_IRQ, pending) };
+            check(ret, "hv_vcpu_set_pending_interrupt")?;
         }
         // SAFETY: this thread owns the vCPU.
         check(unsafe { hv_vcpu_run(self.id) }, "hv_vcpu_run")?;

@@ -1,21 +1,36 @@
 //! A Hypervisor.framework VM: its configuration (IPA width, EL2), the in-kernel GIC, guest
 //! memory, and the state its vCPU threads share (power states, doorbells, the vtimer offset).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use hv_sys::newer::{El2Api, GicApi};
 use hv_sys::*;
 
 use super::errors::check;
+use super::gic::{self, UserspaceGic};
 use super::ipa::{choose_ipa_bits, IpaChoice};
 use super::kick::Doorbell;
 use super::vcpu::HvfVcpu;
-use super::{gic, HostCaps, HvfOptions};
+use super::{HostCaps, HvfOptions};
+use crate::arch::aarch64::gic::userspace_gic;
 use crate::arch::aarch64::mpidr_for_vcpu;
 use crate::arch::aarch64::power::VcpuPowerStates;
+use crate::arch::aarch64::sysreg::UndefinedSysRegs;
+use crate::arch::aarch64::timer::VtimerOffset;
 use crate::hv::{HvError, MemoryPerms, Result, Vm, VmSpec};
+use devices::gic_v3::VcpuWaker;
 use devices::IrqLine;
+
+/// The VM's interrupt controller.
+pub enum GicBackend {
+    /// The framework's GICv3 (macOS 15).
+    InKernel(&'static GicApi),
+    /// hvrun's model (macOS 13/14): the backend serves its MMIO and ICC registers and drives
+    /// each vCPU's IRQ line with `hv_vcpu_set_pending_interrupt`.
+    Userspace(UserspaceGic),
+}
 
 /// What a VM's vCPU threads share.
 pub struct VmShared {
@@ -25,8 +40,11 @@ pub struct VmShared {
     pub doorbells: Vec<Arc<Doorbell>>,
     /// Whether vCPU `i` exists (so a kick may call `hv_vcpus_exit` on it).
     pub alive: Vec<AtomicBool>,
-    /// The in-kernel GIC, when the framework provides it (macOS 15).
-    pub gic: Option<&'static GicApi>,
+    /// The framework's handle of vCPU `i`, once created.
+    pub handles: Vec<AtomicU64>,
+    pub gic: GicBackend,
+    /// Guest accesses to system registers hvrun does not emulate (each got an UNDEF).
+    pub undefined_sysregs: UndefinedSysRegs,
     /// The guest runs at EL2 (`--nested`).
     pub el2: bool,
     /// One vtimer offset for every vCPU: booting.rst requires CNTVOFF to be the same on all
@@ -34,8 +52,8 @@ pub struct VmShared {
     pub vtimer_offset: u64,
     /// The counter frequency (`mach_absolute_time` ticks per second; the guest's CNTFRQ).
     pub counter_hz: u64,
-    /// WFI does not sleep when the timer is due within this many ticks.
-    pub spin_ticks: u64,
+    /// WFI does not sleep when the timer is due sooner than this.
+    pub wfi_spin: Duration,
 }
 
 impl VmShared {
@@ -43,6 +61,32 @@ impl VmShared {
     pub fn wake_all(&self) {
         for bell in &self.doorbells {
             bell.wake();
+        }
+    }
+
+    /// Makes vCPU `index` look at its interrupts again: out of a WFI sleep, and out of the
+    /// guest if it is running (its IRQ line is set before each entry).
+    pub fn interrupt(&self, index: u32) {
+        let i = index as usize;
+        if let Some(bell) = self.doorbells.get(i) {
+            bell.wake();
+        }
+        if self.alive.get(i).is_some_and(|a| a.load(Ordering::Acquire)) {
+            let handle = self.handles[i].load(Ordering::Acquire);
+            // SAFETY: hv_vcpus_exit may be called from any thread; it reads one handle. A vCPU
+            // destroyed just after the check makes it fail harmlessly.
+            unsafe { hv_vcpus_exit(&handle, 1) };
+        }
+    }
+}
+
+/// The userspace GIC's way to reach vCPUs. Weak, because the GIC lives inside [`VmShared`].
+struct Waker(Weak<VmShared>);
+
+impl VcpuWaker for Waker {
+    fn wake(&self, vcpu: u32) {
+        if let Some(vm) = self.0.upgrade() {
+            vm.interrupt(vcpu);
         }
     }
 }
@@ -72,9 +116,18 @@ impl HvfVm {
         }
         created?;
         // From here on, dropping `vm` destroys the framework's VM.
-        let vm = HvfVm { shared: Arc::new(shared_state(caps, options, spec)) };
-        if let Some(api) = caps.gic {
-            gic::create(api)?;
+        let gic = match caps.gic {
+            Some(api) => GicBackend::InKernel(api),
+            None => GicBackend::Userspace(UserspaceGic::new(userspace_gic(spec.vcpus).map_err(
+                |e| HvError::new("creating the userspace GIC", std::io::Error::other(e)),
+            )?)),
+        };
+        let vm = HvfVm { shared: Arc::new(shared_state(gic, options, spec)) };
+        match &vm.shared.gic {
+            GicBackend::InKernel(api) => gic::create(api)?,
+            GicBackend::Userspace(u) => {
+                u.gic.set_waker(Arc::new(Waker(Arc::downgrade(&vm.shared))))
+            }
         }
         Ok(vm)
     }
@@ -100,18 +153,20 @@ fn configure(config: hv_vm_config_t, ipa: IpaChoice, nested: bool) -> Result<()>
     Ok(())
 }
 
-fn shared_state(caps: &HostCaps, options: &HvfOptions, spec: &VmSpec) -> VmShared {
-    let counter_hz = counter_frequency();
+fn shared_state(gic: GicBackend, options: &HvfOptions, spec: &VmSpec) -> VmShared {
+    // SAFETY: mach_absolute_time has no preconditions.
+    let vtimer = VtimerOffset::starting_at(unsafe { mach_absolute_time() });
     VmShared {
         power: VcpuPowerStates::new((0..spec.vcpus).map(mpidr_for_vcpu).collect()),
         doorbells: (0..spec.vcpus).map(|_| Arc::new(Doorbell::new())).collect(),
         alive: (0..spec.vcpus).map(|_| AtomicBool::new(false)).collect(),
-        gic: caps.gic,
+        handles: (0..spec.vcpus).map(|_| AtomicU64::new(0)).collect(),
+        gic,
+        undefined_sysregs: UndefinedSysRegs::default(),
         el2: options.nested,
-        // SAFETY: mach_absolute_time has no preconditions.
-        vtimer_offset: unsafe { mach_absolute_time() },
-        counter_hz,
-        spin_ticks: super::wfi::duration_to_ticks(options.wfi_spin, counter_hz),
+        vtimer_offset: vtimer.offset(),
+        counter_hz: counter_frequency(),
+        wfi_spin: options.wfi_spin,
     }
 }
 
@@ -173,21 +228,21 @@ impl Vm for HvfVm {
     }
 
     fn irq_line(&self, spi: u32) -> Arc<dyn IrqLine> {
-        match self.shared.gic {
-            Some(api) => Arc::new(gic::InKernelSpi {
+        let line = match &self.shared.gic {
+            GicBackend::InKernel(api) => Some(Arc::new(gic::InKernelSpi {
                 api,
                 intid: 32 + spi,
                 vm: self.shared.clone(),
                 logged: AtomicBool::new(false),
-            }),
-            None => Arc::new(NoGicLine { spi, logged: AtomicBool::new(false) }),
-        }
+            }) as Arc<dyn IrqLine>),
+            GicBackend::Userspace(u) => u.gic.spi_line(spi),
+        };
+        line.unwrap_or_else(|| Arc::new(NoGicLine { spi, logged: AtomicBool::new(false) }))
     }
 }
 
-/// Stands in for an SPI when there is no in-kernel GIC (macOS 13/14) until the userspace GIC
-/// is wired in: the level is dropped, once with a warning. `HvfHypervisor::open` refuses such
-/// hosts, so this only exists to keep `irq_line` total.
+/// An SPI the GIC does not have (beyond `boot::layout::GIC_NR_IRQS`; the layout's own checks
+/// make this unreachable): the level is dropped, once with a warning.
 struct NoGicLine {
     spi: u32,
     logged: AtomicBool,
