@@ -4,6 +4,7 @@
 
 use hv_sys::*;
 
+use super::inject::GuestException;
 use crate::arch::aarch64::esr::{
     wait_kind, DataAbortIss, Esr, ExceptionClass, MmioDecision, WaitKind,
 };
@@ -24,7 +25,10 @@ pub enum ExitPlan {
     SysReg { iss: u32 },
     /// WFI or WFE.
     Wait(WaitKind),
-    /// Anything else: stop the VM with this description.
+    /// Something the guest did that hvrun cannot emulate: deliver this exception to it (the
+    /// VM keeps running), logging `what` (with the syndrome) once.
+    Inject { exception: GuestException, what: &'static str, esr: u64 },
+    /// An exit the framework should never produce: stop the VM with this description.
     Unhandled { reason: &'static str, detail: u64 },
 }
 
@@ -51,11 +55,21 @@ pub fn plan(exit: &hv_vcpu_exit_t) -> ExitPlan {
         ExceptionClass::Smc64 => ExitPlan::Hypercall { smc: true, imm: esr.iss() as u16 },
         ExceptionClass::SysReg => ExitPlan::SysReg { iss: esr.iss() },
         ExceptionClass::WfiWfe => ExitPlan::Wait(wait_kind(esr.iss())),
-        ExceptionClass::InstructionAbortLowerEl => ExitPlan::Unhandled {
-            reason: "the guest executed from an address without memory",
-            detail: exit.exception.physical_address,
+        // As KVM does for an instruction fetch outside every memslot (kvm_inject_pabt).
+        ExceptionClass::InstructionAbortLowerEl => ExitPlan::Inject {
+            exception: GuestException::InstructionAbort { far: exit.exception.virtual_address },
+            what: "instruction fetch from an address without memory",
+            esr: esr.0,
         },
-        ExceptionClass::Brk64 | ExceptionClass::Unknown(_) => {
+        // Other traps the guest can cause but hvrun does not emulate: UNDEF, as the
+        // architecture does for an unimplemented instruction.
+        ExceptionClass::Unknown(_) => ExitPlan::Inject {
+            exception: GuestException::Undefined,
+            what: "exception class hvrun does not emulate",
+            esr: esr.0,
+        },
+        // BRK traps only with debug exceptions routed to the host, which hvrun never asks for.
+        ExceptionClass::Brk64 => {
             ExitPlan::Unhandled { reason: "HVF exception (ESR_EL2)", detail: esr.0 }
         }
     }
@@ -127,16 +141,30 @@ mod tests {
     }
 
     #[test]
-    fn anything_else_stops_the_vm_with_its_syndrome() {
+    fn guest_mistakes_get_an_exception_not_a_dead_vm() {
+        let iabt = (0x20 << 26) | (1 << 25);
+        let mut exit = exception(iabt, 0x1234_0000);
+        exit.exception.virtual_address = 0xffff_0000_1234_0000;
+        assert!(matches!(
+            plan(&exit),
+            ExitPlan::Inject {
+                exception: GuestException::InstructionAbort { far: 0xffff_0000_1234_0000 },
+                ..
+            }
+        ));
+        let sve = (0x19 << 26) | (1 << 25);
+        assert!(matches!(
+            plan(&exception(sve, 0)),
+            ExitPlan::Inject { exception: GuestException::Undefined, esr, .. } if esr == sve
+        ));
+    }
+
+    #[test]
+    fn a_brk_stops_the_vm_with_its_syndrome() {
         let brk = (0x3c << 26) | (1 << 25);
         assert_eq!(
             plan(&exception(brk, 0)),
             ExitPlan::Unhandled { reason: "HVF exception (ESR_EL2)", detail: brk }
         );
-        let iabt = (0x20 << 26) | (1 << 25);
-        assert!(matches!(
-            plan(&exception(iabt, 0x1234_0000)),
-            ExitPlan::Unhandled { detail: 0x1234_0000, .. }
-        ));
     }
 }

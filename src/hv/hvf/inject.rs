@@ -18,6 +18,9 @@ pub enum GuestException {
     /// A synchronous external data abort at virtual address `far` (EC 0x24/0x25, DFSC 0x10):
     /// what an MMIO access the VMM cannot emulate gets (as KVM's `kvm_inject_dabt`).
     DataAbort { far: u64 },
+    /// A synchronous external instruction abort at `far` (EC 0x20/0x21, IFSC 0x10): what
+    /// executing from an address without memory gets (as KVM's `kvm_inject_pabt`).
+    InstructionAbort { far: u64 },
 }
 
 /// The vCPU state the exception is taken from.
@@ -63,6 +66,10 @@ pub fn inject(exception: GuestException, from: FromState) -> Injection {
             let ec: u64 = if from_lower { 0x24 } else { 0x25 };
             (ec << 26 | ESR_IL | 0x10, Some(far))
         }
+        GuestException::InstructionAbort { far } => {
+            let ec: u64 = if from_lower { 0x20 } else { 0x21 };
+            (ec << 26 | ESR_IL | 0x10, Some(far))
+        }
     };
     Injection {
         esr_el1: esr,
@@ -100,6 +107,15 @@ mod tests {
         assert_eq!(inj.far_el1, Some(0xdead_b000));
         assert_eq!(inj.pc, VBAR + 0x400);
         assert_eq!(inj.spsr_el1, 0);
+    }
+
+    #[test]
+    fn instruction_abort_from_the_kernel() {
+        let from = FromState { pstate: 0x3c5, pc: 0x7000_0000, vbar: VBAR };
+        let inj = inject(GuestException::InstructionAbort { far: 0x7000_0000 }, from);
+        assert_eq!(inj.esr_el1, 0x8600_0010);
+        assert_eq!(inj.far_el1, Some(0x7000_0000));
+        assert_eq!(inj.pc, VBAR + 0x200);
     }
 
     #[test]

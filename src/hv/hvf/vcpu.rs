@@ -29,6 +29,10 @@ use devices::gic_v3::VTIMER_PPI;
 /// entry state (DEN0022 §6.4). Bits 29, 28, 23, 22, 20 and 11 are RES1 (Arm ARM D24.2.163).
 const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
 
+/// The longest a WFI sleeps in hvrun when the in-kernel GIC may have an SGI for the vCPU that
+/// hvrun cannot see arrive.
+const IN_KERNEL_GIC_WFI_LIMIT: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// One vCPU, owned by its thread.
 pub struct HvfVcpu {
     id: hv_vcpu_t,
@@ -180,6 +184,16 @@ impl HvfVcpu {
                 self.skip_instruction()?;
                 self.wfi()?;
                 VmExit::Handled(HandledExit::Wfi)
+            }
+            ExitPlan::Inject { exception, what, esr } => {
+                if !self.vm.injected_logged.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "vCPU {}: {what} (ESR_EL2 {esr:#x}): injected {exception:?} (logged once)",
+                        self.index
+                    );
+                }
+                self.inject(exception)?;
+                VmExit::Handled(HandledExit::ExceptionInjected)
             }
             ExitPlan::Unhandled { reason, detail } => VmExit::Unhandled { reason, detail },
         })
@@ -419,15 +433,20 @@ impl HvfVcpu {
             cntfrq_hz: self.vm.counter_hz,
             interrupt_pending: self.interrupt_pending()?,
         };
-        match wfi_decision(&inputs, self.vm.wfi_spin) {
-            WfiDecision::Resume => {}
-            WfiDecision::SleepUntilKick => {
-                self.doorbell.sleep(None);
-            }
-            WfiDecision::SleepFor(wait) => {
-                self.doorbell.sleep(Some(Instant::now() + wait));
-            }
-        }
+        let limit = match self.vm.gic {
+            // The in-kernel GIC delivers SGIs from other vCPUs without telling hvrun, so a
+            // sleep here could miss one: sleep briefly, and let the guest's idle loop WFI
+            // again (then GICR_ISPENDR0 shows the SGI). With an in-kernel GIC the framework is
+            // expected to handle WFI itself, making this a fallback (see HVF.md).
+            GicBackend::InKernel(_) => Some(IN_KERNEL_GIC_WFI_LIMIT),
+            GicBackend::Userspace(_) => None,
+        };
+        let wait = match wfi_decision(&inputs, self.vm.wfi_spin) {
+            WfiDecision::Resume => return Ok(()),
+            WfiDecision::SleepUntilKick => limit,
+            WfiDecision::SleepFor(wait) => Some(limit.map_or(wait, |l| l.min(wait))),
+        };
+        self.doorbell.sleep(wait.map(|w| Instant::now() + w));
         Ok(())
     }
 }

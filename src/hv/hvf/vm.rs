@@ -45,6 +45,8 @@ pub struct VmShared {
     pub gic: GicBackend,
     /// Guest accesses to system registers hvrun does not emulate (each got an UNDEF).
     pub undefined_sysregs: UndefinedSysRegs,
+    /// An injected exception for an unemulated trap was logged (once per VM).
+    pub injected_logged: AtomicBool,
     /// The guest runs at EL2 (`--nested`).
     pub el2: bool,
     /// One vtimer offset for every vCPU: booting.rst requires CNTVOFF to be the same on all
@@ -163,6 +165,7 @@ fn shared_state(gic: GicBackend, options: &HvfOptions, spec: &VmSpec) -> VmShare
         handles: (0..spec.vcpus).map(|_| AtomicU64::new(0)).collect(),
         gic,
         undefined_sysregs: UndefinedSysRegs::default(),
+        injected_logged: AtomicBool::new(false),
         el2: options.nested,
         vtimer_offset: vtimer.offset(),
         counter_hz: counter_frequency(),
