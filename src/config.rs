@@ -159,6 +159,8 @@ pub struct VmConfig {
     pub reboot: bool,
     /// The device attached to hvrun's stdio.
     pub console: ConsoleKind,
+    /// Give the guest EL2 (`--nested`; Hypervisor.framework on macOS 15 with an M3 or later).
+    pub nested: bool,
 }
 
 /// The user's choices as given on the command line, before checking.
@@ -172,6 +174,7 @@ pub struct VmArgs {
     pub disks: Vec<String>,
     pub no_reboot: bool,
     pub console: ConsoleKind,
+    pub nested: bool,
 }
 
 impl VmConfig {
@@ -229,6 +232,7 @@ impl VmConfig {
             disks,
             reboot: !args.no_reboot,
             console: args.console,
+            nested: args.nested,
         })
     }
 

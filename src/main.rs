@@ -40,6 +40,10 @@ struct Cli {
     /// still prints early messages). Changes the default --cmdline to match.
     #[arg(long, value_enum, default_value_t = ConsoleArg::Serial)]
     console: ConsoleArg,
+    /// Give the guest EL2, so it can run its own VMs (Hypervisor.framework on macOS 15 with an
+    /// M3 or later chip; the guest kernel starts at EL2 and calls PSCI with SMC).
+    #[arg(long)]
+    nested: bool,
 }
 
 /// `--console` values.
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
             ConsoleArg::Serial => ConsoleKind::Serial,
             ConsoleArg::Virtio => ConsoleKind::Virtio,
         },
+        nested: cli.nested,
     };
     let config = match VmConfig::from_args(&args) {
         Ok(config) => config,
@@ -85,17 +90,25 @@ fn main() -> ExitCode {
 
 /// Prints `message` as hvrun's one-line error and returns `code`.
 fn fail(code: i32, message: &str) -> ExitCode {
-    eprintln!("hvrun: {message}");
-    ExitCode::from(code as u8)
+    ExitCode::from(fail_code(code, message) as u8)
 }
+
+/// The message for hosts that cannot run arm64 guests at all.
+#[cfg(not(any(all(target_os = "linux", target_arch = "aarch64"), target_os = "macos")))]
+const NO_BACKEND: &str = "this host cannot run arm64 guests: hvrun needs an Apple Silicon Mac \
+    (Hypervisor.framework) or arm64 Linux with /dev/kvm";
 
 #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
 fn run(config: &VmConfig) -> i32 {
-    use hvrun::console::Console;
     use hvrun::hv::kvm::KvmHypervisor;
-    use hvrun::hv::Hypervisor;
-    use hvrun::stop::VmOutcome;
 
+    if config.nested {
+        return fail_code(
+            exit_code::USAGE,
+            "--nested: nested virtualisation is only wired for Hypervisor.framework (macOS 15 on \
+             an M3 or later), not for KVM yet",
+        );
+    }
     let hv = match KvmHypervisor::open() {
         Ok(hv) => hv,
         Err(e) => {
@@ -103,36 +116,60 @@ fn run(config: &VmConfig) -> i32 {
             return exit_code::USAGE;
         }
     };
+    run_on(&hv, config)
+}
+
+#[cfg(target_os = "macos")]
+fn run(config: &VmConfig) -> i32 {
+    use hvrun::hv::hvf::{wfi, HvfHypervisor, HvfOptions};
+
+    let mut options = HvfOptions { nested: config.nested, ..HvfOptions::default() };
+    if let Ok(text) = std::env::var(wfi::SPIN_THRESHOLD_ENV) {
+        match wfi::parse_spin_threshold(&text) {
+            Ok(threshold) => options.wfi_spin = threshold,
+            Err(e) => return fail_code(exit_code::USAGE, &e),
+        }
+    }
+    // Every failure here means this Mac or this binary cannot run VMs (no Apple Silicon, a
+    // macOS VM, no entitlement, no EL2): the "unsupported host" exit code, like a missing KVM.
+    let hv = match HvfHypervisor::open(options) {
+        Ok(hv) => hv,
+        Err(e) => return fail_code(exit_code::USAGE, &e.to_string()),
+    };
+    run_on(&hv, config)
+}
+
+/// Runs the VM on `hv` and turns the way it ended into an exit code.
+#[cfg(any(all(target_os = "linux", target_arch = "aarch64"), target_os = "macos"))]
+fn run_on<H: hvrun::hv::Hypervisor>(hv: &H, config: &VmConfig) -> i32 {
+    use hvrun::console::Console;
+    use hvrun::stop::VmOutcome;
+
     if let Err(e) = config.check_host(&hv.limits()) {
-        eprintln!("hvrun: {e}");
-        return exit_code::USAGE;
+        return fail_code(exit_code::USAGE, &e.to_string());
     }
     let console = Console::start();
-    let result = hvrun::vmm::run(&hv, config, &console);
+    let result = hvrun::vmm::run(hv, config, &console);
     drop(console); // restores the terminal before anything more is printed
     match result.map(|summary| summary.outcome) {
-        Ok(VmOutcome::Failed(why)) => {
-            eprintln!("hvrun: {why}");
-            exit_code::FAILED
-        }
+        Ok(VmOutcome::Failed(why)) => fail_code(exit_code::FAILED, &why),
         Ok(outcome) => {
             if outcome == VmOutcome::GuestPanic {
                 eprintln!("hvrun: the guest kernel panicked");
             }
             exit_code::for_outcome(&outcome)
         }
-        Err(e) => {
-            eprintln!("hvrun: {e}");
-            exit_code::FAILED
-        }
+        Err(e) => fail_code(exit_code::FAILED, &e.to_string()),
     }
 }
 
-#[cfg(not(all(target_os = "linux", target_arch = "aarch64")))]
+#[cfg(not(any(all(target_os = "linux", target_arch = "aarch64"), target_os = "macos")))]
 fn run(_config: &VmConfig) -> i32 {
-    eprintln!(
-        "hvrun: this host cannot run arm64 guests: hvrun needs an Apple Silicon Mac \
-         (Hypervisor.framework) or arm64 Linux with /dev/kvm"
-    );
-    exit_code::USAGE
+    fail_code(exit_code::USAGE, NO_BACKEND)
+}
+
+/// Prints `message` as hvrun's one-line error and returns `code` as an `i32`.
+fn fail_code(code: i32, message: &str) -> i32 {
+    eprintln!("hvrun: {message}");
+    code
 }

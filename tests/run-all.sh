@@ -3,7 +3,9 @@
 #
 #   1. host setup (packages, the arm64 Rust sysroot) and the guest artifacts — each skipped
 #      when already done;
-#   2. formatting and clippy, for the host and for aarch64-unknown-linux-gnu;
+#   2. formatting and clippy, for the host and for aarch64-unknown-linux-gnu, and the macOS
+#      gate: cargo check + clippy for aarch64-apple-darwin (tests/darwin-check.sh), which is
+#      how the Hypervisor.framework backend is verified without a Mac;
 #   3. unit tests of the portable code, natively on the host;
 #   4. every test built for arm64 Linux — the unit tests again, plus the end-to-end tests that
 #      boot real Linux guests with hvrun on KVM — run natively on an arm64 Linux host with
@@ -35,6 +37,9 @@ if [ "$(uname -m)" != aarch64 ]; then
     step "unit tests (host)"
     cargo test --workspace 2>&1 | tee -a "$log"
 fi
+
+step "macOS gate: check and clippy for aarch64-apple-darwin"
+tests/darwin-check.sh
 
 # shellcheck source=tests/cross-env.sh
 source tests/cross-env.sh

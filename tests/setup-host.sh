@@ -5,8 +5,9 @@
 # What it does, each step skipped when already done (a second run takes well under a second):
 #   1. On x86_64: enables the arm64 package architecture, so that `apt-get download PKG:arm64`
 #      can fetch arm64 packages (the arm64 kernel, busybox, Rust's arm64 standard library).
-#   2. Installs QEMU, the aarch64 cross C toolchain, Debian's Rust 1.96 (`rustc-web`) and the
-#      small tools that tests/guest/build-artifacts.sh needs.
+#   2. Installs QEMU, the aarch64 cross C toolchain, Debian's Rust 1.96 (`rustc-web`, with its
+#      standard-library sources for the macOS gate, tests/darwin-check.sh) and the small tools
+#      that tests/guest/build-artifacts.sh needs.
 #   3. On x86_64: builds a private Rust sysroot in target/rust-sysroot holding both the host
 #      (x86_64) and the aarch64 standard library, because Debian's rustc has only the host one
 #      and `rustup target add` may not be possible. Then it checks that a small crate cross-builds
@@ -27,10 +28,12 @@ sudo=""
 [ "$(id -u)" -eq 0 ] || sudo=sudo
 
 host_arch=$(dpkg --print-architecture)
-packages=(qemu-system-arm cpio kmod device-tree-compiler e2fsprogs xz-utils zstd file)
+# Debian's Rust 1.96 with its std sources: every host uses it for the macOS gate
+# (tests/darwin-check.sh builds std for aarch64-apple-darwin from rust-web-src).
+packages=(qemu-system-arm cpio kmod device-tree-compiler e2fsprogs xz-utils zstd file
+          rustc-web cargo-web rust-web-src rust-web-clippy)
 if [ "$host_arch" != arm64 ]; then
-    packages+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-               rustc-web cargo-web rust-web-src rust-web-clippy libstd-rust-web-dev)
+    packages+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross libstd-rust-web-dev)
 fi
 
 # --- 1 and 2: packages ---------------------------------------------------------------------

@@ -6,6 +6,7 @@
 pub mod block;
 pub mod boot_probe;
 pub mod bus;
+pub mod gic_v3;
 pub mod irq;
 pub mod pvpanic;
 pub mod serial;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use boot::PsciConduit;
 use devices::IrqLine;
 
+pub mod hvf;
 #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
 pub mod kvm;
 
@@ -51,6 +52,11 @@ pub enum HandledExit {
     Wfe,
     /// The virtual timer fired and its interrupt was raised.
     VtimerActivated,
+    /// A cache maintenance instruction on an address without memory: skipped.
+    CacheMaintenance,
+    /// An access to the registers of an interrupt controller the backend emulates itself (the
+    /// userspace GICv3 Hypervisor.framework needs before macOS 15).
+    GicMmio,
     /// The guest did something the VMM cannot emulate (an unknown system register, an MMIO
     /// access without a valid syndrome) and got an exception injected back.
     ExceptionInjected,

@@ -1,4 +1,13 @@
-//! arm64 facts hvrun needs to start a Linux guest.
+//! arm64 facts hvrun needs to start a Linux guest, and the portable policy a backend that traps
+//! to userspace (Hypervisor.framework) applies to exits: ESR decoding, PSCI, system registers,
+//! WFI and the virtual timer.
+
+pub mod esr;
+pub mod gic;
+pub mod power;
+pub mod psci;
+pub mod sysreg;
+pub mod timer;
 
 use crate::hv::Reg;
 

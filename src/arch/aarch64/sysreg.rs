@@ -1,0 +1,221 @@
+//! Trapped MSR/MRS (ESR_EL2.EC 0x18): decoding the access and the policy for each register
+//! group a hypervisor without a vPMU, a debug model or an in-kernel GIC sees trapping.
+//!
+//! ISS layout: Arm ARM D24.2.40, "ISS encoding for an exception from MSR, MRS, or System
+//! instruction execution in AArch64 state". Register encodings: Arm ARM D23 (op0, op1, CRn,
+//! CRm, op2 of each register) and IHI0069 §12.1.5 for the GIC CPU interface.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use devices::gic_v3::{GicV3, IccRegister};
+
+/// A system register, named by its encoding (op0, op1, CRn, CRm, op2).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SysReg {
+    pub op0: u8,
+    pub op1: u8,
+    pub crn: u8,
+    pub crm: u8,
+    pub op2: u8,
+}
+
+impl SysReg {
+    /// The register `S<op0>_<op1>_C<crn>_C<crm>_<op2>`.
+    pub const fn new(op0: u8, op1: u8, crn: u8, crm: u8, op2: u8) -> Self {
+        SysReg { op0, op1, crn, crm, op2 }
+    }
+}
+
+/// Printed as the assembler's generic name, `S3_0_C12_C12_0`, so unknown registers can be
+/// looked up in the Arm ARM.
+impl std::fmt::Debug for SysReg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let SysReg { op0, op1, crn, crm, op2 } = *self;
+        write!(f, "S{op0}_{op1}_C{crn}_C{crm}_{op2}")
+    }
+}
+
+/// Registers the policy names (Arm ARM D23.2 / D23.3 / D23.5).
+pub mod regs {
+    use super::SysReg;
+    pub const OSLAR_EL1: SysReg = SysReg::new(2, 0, 1, 0, 4);
+    pub const OSLSR_EL1: SysReg = SysReg::new(2, 0, 1, 1, 4);
+    pub const OSDLR_EL1: SysReg = SysReg::new(2, 0, 1, 3, 4);
+    pub const MDSCR_EL1: SysReg = SysReg::new(2, 0, 0, 2, 2);
+    pub const MDCCINT_EL1: SysReg = SysReg::new(2, 0, 0, 2, 0);
+    pub const OSECCR_EL1: SysReg = SysReg::new(2, 0, 0, 6, 2);
+    pub const MDRAR_EL1: SysReg = SysReg::new(2, 0, 1, 0, 0);
+    pub const DBGPRCR_EL1: SysReg = SysReg::new(2, 0, 1, 4, 4);
+    pub const DBGCLAIMSET_EL1: SysReg = SysReg::new(2, 0, 7, 8, 6);
+    pub const DBGCLAIMCLR_EL1: SysReg = SysReg::new(2, 0, 7, 9, 6);
+    pub const DBGAUTHSTATUS_EL1: SysReg = SysReg::new(2, 0, 7, 14, 6);
+    pub const MDCCSR_EL0: SysReg = SysReg::new(2, 3, 0, 1, 0);
+    pub const PMCR_EL0: SysReg = SysReg::new(3, 3, 9, 12, 0);
+    pub const PMCNTENSET_EL0: SysReg = SysReg::new(3, 3, 9, 12, 1);
+    pub const PMCNTENCLR_EL0: SysReg = SysReg::new(3, 3, 9, 12, 2);
+    pub const PMOVSCLR_EL0: SysReg = SysReg::new(3, 3, 9, 12, 3);
+    pub const PMSELR_EL0: SysReg = SysReg::new(3, 3, 9, 12, 5);
+    pub const PMCCNTR_EL0: SysReg = SysReg::new(3, 3, 9, 13, 0);
+    pub const PMUSERENR_EL0: SysReg = SysReg::new(3, 3, 9, 14, 0);
+    pub const PMOVSSET_EL0: SysReg = SysReg::new(3, 3, 9, 14, 3);
+    pub const PMINTENSET_EL1: SysReg = SysReg::new(3, 0, 9, 14, 1);
+    pub const PMINTENCLR_EL1: SysReg = SysReg::new(3, 0, 9, 14, 2);
+    pub const PMCCFILTR_EL0: SysReg = SysReg::new(3, 3, 14, 15, 7);
+    pub const ICC_SRE_EL1: SysReg = SysReg::new(3, 0, 12, 12, 5);
+    pub const ICC_IAR1_EL1: SysReg = SysReg::new(3, 0, 12, 12, 0);
+    pub const ICC_PMR_EL1: SysReg = SysReg::new(3, 0, 4, 6, 0);
+    pub const ID_AA64PFR0_EL1: SysReg = SysReg::new(3, 0, 0, 4, 0);
+}
+
+/// One trapped access, decoded from the ISS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SysRegAccess {
+    pub reg: SysReg,
+    /// The general-purpose register: 0..=30, or 31 for XZR.
+    pub rt: u8,
+    /// MRS (read into Rt) rather than MSR.
+    pub read: bool,
+}
+
+impl SysRegAccess {
+    /// Op0 [21:20], Op2 [19:17], Op1 [16:14], CRn [13:10], Rt [9:5], CRm [4:1], Direction [0]
+    /// (1 = read).
+    pub fn decode(iss: u32) -> Self {
+        let field = |shift: u32, bits: u32| ((iss >> shift) & ((1 << bits) - 1)) as u8;
+        SysRegAccess {
+            reg: SysReg::new(field(20, 2), field(14, 3), field(10, 4), field(1, 4), field(17, 3)),
+            rt: field(5, 5),
+            read: iss & 1 != 0,
+        }
+    }
+}
+
+/// OSLSR_EL1 as reported: OSLM = 0b10 (the OS lock is implemented, bits {3,0}) and OSLK = 0
+/// (unlocked). Writes to OSLAR_EL1 are ignored, so "unlocked" stays true; Linux only ever
+/// unlocks it at boot. KVM reports OSLM the same way.
+pub const OSLSR_EL1_VALUE: u64 = 0b1000;
+
+/// How hvrun treats a trapped register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SysRegClass {
+    /// A GIC CPU-interface register: handled by the userspace GIC when there is one; with an
+    /// in-kernel GIC these do not trap at all.
+    GicCpuInterface(IccRegister),
+    /// Reads return the value, writes are ignored. PMU registers (no vPMU: PMCR_EL0.N = 0, no
+    /// counters), the OS lock and debug registers (no self-hosted debug: MDSCR_EL1 and the
+    /// breakpoint/watchpoint registers read 0, so the guest sees none armed), and the ID
+    /// space a trap can reach (op0=3, op1=0, CRn=0, CRm=1..7: unallocated IDs read as zero).
+    Constant(u64),
+    /// Not emulated: inject UNDEF (EC 0x00) into the guest, as the architecture does for an
+    /// unimplemented register. Log once per register and count it.
+    Undefined,
+}
+
+/// The policy: what a trapped access to `reg` means.
+pub fn classify(reg: SysReg) -> SysRegClass {
+    use regs::*;
+    let SysReg { op0, op1, crn, crm, op2 } = reg;
+    if let Some(icc) = IccRegister::from_encoding(op0, op1, crn, crm, op2) {
+        return SysRegClass::GicCpuInterface(icc);
+    }
+    if reg == OSLSR_EL1 {
+        return SysRegClass::Constant(OSLSR_EL1_VALUE);
+    }
+    let debug_fixed = [
+        OSLAR_EL1,
+        OSDLR_EL1,
+        MDSCR_EL1,
+        MDCCINT_EL1,
+        OSECCR_EL1,
+        MDRAR_EL1,
+        DBGPRCR_EL1,
+        DBGCLAIMSET_EL1,
+        DBGCLAIMCLR_EL1,
+        DBGAUTHSTATUS_EL1,
+        MDCCSR_EL0,
+    ];
+    // DBGBVR<n>/DBGBCR<n>/DBGWVR<n>/DBGWCR<n>_EL1: op0=2, op1=0, CRn=0, CRm=n, op2=4..7.
+    let breakpoint_or_watchpoint = op0 == 2 && op1 == 0 && crn == 0 && (4..=7).contains(&op2);
+    // PMU (Arm ARM D23.5): CRn=9, CRm=12..14 at EL0 (op1=3) or PMINTEN*/PMMIR at EL1 (op1=0),
+    // and PMEVCNTR<n>/PMEVTYPER<n>/PMCCFILTR: op1=3, CRn=14, CRm=8..15.
+    let pmu = op0 == 3
+        && ((crn == 9 && ((op1 == 3 && (12..=14).contains(&crm)) || (op1 == 0 && crm == 14)))
+            || (op1 == 3 && crn == 14 && crm >= 8));
+    let id_space = op0 == 3 && op1 == 0 && crn == 0 && (1..=7).contains(&crm);
+    if debug_fixed.contains(&reg) || breakpoint_or_watchpoint || pmu || id_space {
+        return SysRegClass::Constant(0);
+    }
+    SysRegClass::Undefined
+}
+
+/// What the backend does to finish a trapped access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SysRegOutcome {
+    /// Done: write `Some((rt, value))` to the register (never for XZR), then PC += 4.
+    Complete(Option<(u8, u64)>),
+    /// Inject UNDEF at the instruction (the PC stays on it).
+    Undefined,
+}
+
+/// Emulates one trapped access. `gic` is the userspace GIC and the calling vCPU's index, if
+/// the VM has one; without it ICC registers are UNDEF (they should not trap then).
+/// `rt_value` is the value of Rt for a write (ignored for reads; XZR is taken as 0 here).
+pub fn emulate(access: &SysRegAccess, rt_value: u64, gic: Option<(&GicV3, u32)>) -> SysRegOutcome {
+    let write_value = if access.rt == 31 { 0 } else { rt_value };
+    let complete_read =
+        |value: u64| SysRegOutcome::Complete((access.rt != 31).then_some((access.rt, value)));
+    match (classify(access.reg), gic) {
+        (SysRegClass::GicCpuInterface(icc), Some((gic, vcpu))) => {
+            if access.read {
+                complete_read(gic.icc_read(vcpu, icc))
+            } else {
+                gic.icc_write(vcpu, icc, write_value);
+                SysRegOutcome::Complete(None)
+            }
+        }
+        (SysRegClass::Constant(value), _) if access.read => complete_read(value),
+        (SysRegClass::Constant(_), _) => SysRegOutcome::Complete(None),
+        (SysRegClass::GicCpuInterface(_), None) | (SysRegClass::Undefined, _) => {
+            SysRegOutcome::Undefined
+        }
+    }
+}
+
+/// Counts accesses to registers hvrun does not emulate and logs each register the first time
+/// (a guest probing a register in a loop must not flood the log). One per VM.
+#[derive(Default)]
+pub struct UndefinedSysRegs {
+    count: AtomicU64,
+    logged: Mutex<Vec<SysReg>>,
+}
+
+/// Distinct registers logged before going quiet.
+const UNDEFINED_LOG_LIMIT: usize = 32;
+
+impl UndefinedSysRegs {
+    /// Records one UNDEF access; logs it if this register was not logged before.
+    pub fn record(&self, access: &SysRegAccess) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let mut logged = self.logged.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if logged.len() < UNDEFINED_LOG_LIMIT && !logged.contains(&access.reg) {
+            logged.push(access.reg);
+            let (dir, what) = if access.read { ("read", "MRS") } else { ("write", "MSR") };
+            log::warn!(
+                "guest {what} {:?} (x{}): {dir} of a system register hvrun does not emulate; \
+                 injected UNDEF (logged once per register)",
+                access.reg,
+                access.rt
+            );
+        }
+    }
+
+    /// How many UNDEF accesses so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+#[path = "sysreg_tests.rs"]
+mod tests;

@@ -1,0 +1,137 @@
+//! Table tests for the system-register trap policy: ISS decoding, the class of each register
+//! group, unknown registers → UNDEF, and emulation against a real userspace GIC.
+
+use super::regs::*;
+use super::*;
+
+/// The ISS of a trapped access (the inverse of `SysRegAccess::decode`, written out per field).
+fn iss(reg: SysReg, rt: u8, read: bool) -> u32 {
+    (u32::from(reg.op0) << 20)
+        | (u32::from(reg.op2) << 17)
+        | (u32::from(reg.op1) << 14)
+        | (u32::from(reg.crn) << 10)
+        | (u32::from(rt) << 5)
+        | (u32::from(reg.crm) << 1)
+        | u32::from(read)
+}
+
+#[test]
+fn decodes_the_iss() {
+    // mrs x1, icc_iar1_el1 traps with ESR_EL2 = 0x6230_3039 (EC 0x18, IL, ISS 0x30_3039).
+    let a = SysRegAccess::decode(0x6230_3039 & 0x1ff_ffff);
+    assert_eq!(a, SysRegAccess { reg: ICC_IAR1_EL1, rt: 1, read: true });
+    // msr oslar_el1, xzr
+    let a = SysRegAccess::decode(iss(OSLAR_EL1, 31, false));
+    assert_eq!(a, SysRegAccess { reg: OSLAR_EL1, rt: 31, read: false });
+    assert_eq!(format!("{:?}", a.reg), "S2_0_C1_C0_4");
+    for reg in [PMCCFILTR_EL0, ICC_PMR_EL1, MDCCSR_EL0, SysReg::new(3, 7, 15, 15, 7)] {
+        for rt in [0, 17, 31] {
+            for read in [false, true] {
+                assert_eq!(
+                    SysRegAccess::decode(iss(reg, rt, read)),
+                    SysRegAccess { reg, rt, read }
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn policy_table() {
+    use SysRegClass::*;
+    let table = [
+        (ICC_IAR1_EL1, GicCpuInterface(IccRegister::Iar1)),
+        (ICC_SRE_EL1, GicCpuInterface(IccRegister::Sre)),
+        (ICC_PMR_EL1, GicCpuInterface(IccRegister::Pmr)),
+        (SysReg::new(3, 0, 12, 11, 5), GicCpuInterface(IccRegister::Sgi1r)),
+        (PMCR_EL0, Constant(0)),
+        (PMCNTENSET_EL0, Constant(0)),
+        (PMCNTENCLR_EL0, Constant(0)),
+        (PMOVSCLR_EL0, Constant(0)),
+        (PMOVSSET_EL0, Constant(0)),
+        (PMSELR_EL0, Constant(0)),
+        (PMCCNTR_EL0, Constant(0)),
+        (PMUSERENR_EL0, Constant(0)),
+        (PMINTENSET_EL1, Constant(0)),
+        (PMINTENCLR_EL1, Constant(0)),
+        (PMCCFILTR_EL0, Constant(0)),
+        (SysReg::new(3, 3, 14, 8, 0), Constant(0)), // PMEVCNTR0_EL0
+        (SysReg::new(3, 3, 14, 11, 6), Constant(0)), // PMEVCNTR30_EL0
+        (SysReg::new(3, 3, 14, 12, 0), Constant(0)), // PMEVTYPER0_EL0
+        (SysReg::new(3, 3, 9, 13, 1), Constant(0)), // PMXEVTYPER_EL0
+        (OSLAR_EL1, Constant(0)),
+        (OSLSR_EL1, Constant(0b1000)),
+        (OSDLR_EL1, Constant(0)),
+        (MDSCR_EL1, Constant(0)),
+        (MDCCINT_EL1, Constant(0)),
+        (DBGCLAIMSET_EL1, Constant(0)),
+        (SysReg::new(2, 0, 0, 0, 4), Constant(0)), // DBGBVR0_EL1
+        (SysReg::new(2, 0, 0, 15, 5), Constant(0)), // DBGBCR15_EL1
+        (SysReg::new(2, 0, 0, 3, 6), Constant(0)), // DBGWVR3_EL1
+        (SysReg::new(2, 0, 0, 1, 7), Constant(0)), // DBGWCR1_EL1
+        (ID_AA64PFR0_EL1, Constant(0)),
+        (SysReg::new(3, 0, 0, 1, 0), Constant(0)), // ID_PFR0_EL1
+        (SysReg::new(3, 0, 0, 7, 7), Constant(0)), // unallocated ID space
+        (SysReg::new(3, 0, 0, 0, 5), Undefined),   // MPIDR_EL1: not ours
+        (SysReg::new(3, 0, 1, 0, 0), Undefined),   // SCTLR_EL1
+        (SysReg::new(3, 4, 12, 12, 5), Undefined), // ICC_SRE_EL2
+        (SysReg::new(3, 3, 14, 0, 2), Undefined),  // CNTVCT... (CNTPCT_EL0 region, op2 2)
+        (SysReg::new(3, 7, 15, 2, 0), Undefined),  // IMPLEMENTATION DEFINED
+        (SysReg::new(1, 0, 7, 5, 0), Undefined),   // a system instruction (IC IALLU)
+        (SysReg::new(2, 0, 0, 2, 3), Undefined),   // not a debug register
+    ];
+    for (reg, want) in table {
+        assert_eq!(classify(reg), want, "{reg:?}");
+    }
+}
+
+#[test]
+fn emulation_without_a_userspace_gic() {
+    let read = |reg, rt| emulate(&SysRegAccess { reg, rt, read: true }, 0xdead, None);
+    let write = |reg| emulate(&SysRegAccess { reg, rt: 2, read: false }, 0xdead, None);
+    assert_eq!(read(OSLSR_EL1, 3), SysRegOutcome::Complete(Some((3, 0b1000))));
+    assert_eq!(read(PMCR_EL0, 0), SysRegOutcome::Complete(Some((0, 0))));
+    assert_eq!(read(PMCR_EL0, 31), SysRegOutcome::Complete(None), "XZR discards the result");
+    assert_eq!(write(OSLAR_EL1), SysRegOutcome::Complete(None));
+    assert_eq!(write(PMCR_EL0), SysRegOutcome::Complete(None));
+    assert_eq!(read(ICC_IAR1_EL1, 0), SysRegOutcome::Undefined, "no GIC to ask");
+    assert_eq!(read(SysReg::new(3, 0, 1, 0, 0), 0), SysRegOutcome::Undefined);
+    assert_eq!(write(SysReg::new(3, 0, 1, 0, 0)), SysRegOutcome::Undefined);
+}
+
+#[test]
+fn emulation_with_the_userspace_gic() {
+    let gic = GicV3::new(vec![0x8000_0000, 0x8000_0001], 128).unwrap();
+    let at = Some((&gic, 1));
+    let pmr = SysRegAccess { reg: ICC_PMR_EL1, rt: 4, read: false };
+    assert_eq!(emulate(&pmr, 0xf7, at), SysRegOutcome::Complete(None));
+    let pmr_read = SysRegAccess { read: true, ..pmr };
+    assert_eq!(emulate(&pmr_read, 0, at), SysRegOutcome::Complete(Some((4, 0xf0))));
+    assert_eq!(
+        emulate(&pmr_read, 0, Some((&gic, 0))),
+        SysRegOutcome::Complete(Some((4, 0))),
+        "each vCPU has its own CPU interface"
+    );
+    let sre = SysRegAccess { reg: ICC_SRE_EL1, rt: 0, read: true };
+    assert_eq!(emulate(&sre, 0, at), SysRegOutcome::Complete(Some((0, 7))));
+    let iar = SysRegAccess { reg: ICC_IAR1_EL1, rt: 9, read: true };
+    assert_eq!(emulate(&iar, 0, at), SysRegOutcome::Complete(Some((9, 1023))));
+    // msr icc_pmr_el1, xzr writes zero whatever the caller passed.
+    let pmr_xzr = SysRegAccess { rt: 31, ..pmr };
+    assert_eq!(emulate(&pmr_xzr, 0xff, at), SysRegOutcome::Complete(None));
+    assert_eq!(emulate(&pmr_read, 0, at), SysRegOutcome::Complete(Some((4, 0))));
+}
+
+#[test]
+fn undefined_registers_are_counted_and_logged_once() {
+    let undefined = UndefinedSysRegs::default();
+    let a = SysRegAccess { reg: SysReg::new(3, 7, 15, 2, 0), rt: 0, read: true };
+    for _ in 0..1000 {
+        undefined.record(&a);
+    }
+    for n in 0..100 {
+        undefined.record(&SysRegAccess { reg: SysReg::new(3, 5, 15, n % 16, n / 16), ..a });
+    }
+    assert_eq!(undefined.count(), 1100);
+    assert_eq!(undefined.logged.lock().unwrap().len(), UNDEFINED_LOG_LIMIT);
+}

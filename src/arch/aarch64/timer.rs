@@ -1,0 +1,152 @@
+//! The virtual timer rules a backend that traps WFI applies: how long a WFI may sleep, when the
+//! timer's interrupt line is high (and so when Hypervisor.framework's vtimer mask may be
+//! lifted), counter ticks to time, and the counter offset that freezes guest time across a
+//! pause.
+//!
+//! CNTV_CTL_EL0: Arm ARM D24.11 (bit 0 ENABLE, bit 1 IMASK, bit 2 ISTATUS); the timer condition
+//! is CNTVCT_EL0 - CNTV_CVAL_EL0 >= 0 (D12.2.4, "the condition is met when ... the
+//! CompareValue is less than or equal to the counter").
+
+use std::time::Duration;
+
+/// CNTV_CTL_EL0.ENABLE: the timer runs.
+pub const CNTV_CTL_ENABLE: u64 = 1 << 0;
+/// CNTV_CTL_EL0.IMASK: the interrupt is masked (the condition may still be met).
+pub const CNTV_CTL_IMASK: u64 = 1 << 1;
+/// CNTV_CTL_EL0.ISTATUS: the timer condition is met (read-only).
+pub const CNTV_CTL_ISTATUS: u64 = 1 << 2;
+
+/// Below this a WFI does not sleep: a host sleep and wake-up cost more than a few more WFI
+/// exits. QEMU's HVF backend uses 2 ms; the backend exposes it as a knob for benchmarking.
+pub const DEFAULT_SPIN_THRESHOLD: Duration = Duration::from_millis(2);
+
+/// What a vCPU knows when it traps on WFI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WfiInputs {
+    /// CNTV_CTL_EL0.
+    pub cntv_ctl: u64,
+    /// CNTV_CVAL_EL0: the deadline, in virtual counter ticks.
+    pub cntv_cval: u64,
+    /// The guest's virtual count now (host counter minus the vtimer offset).
+    pub cntvct: u64,
+    /// CNTFRQ_EL0: counter ticks per second.
+    pub cntfrq_hz: u64,
+    /// The GIC has an interrupt for this vCPU (its IRQ line is up).
+    pub interrupt_pending: bool,
+}
+
+/// What the vCPU thread does for a WFI (the PC is advanced past it in every case).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WfiDecision {
+    /// Go back to the guest now: an interrupt is pending, the timer is due, or it is due sooner
+    /// than the spin threshold (the guest will WFI again, or take the timer interrupt).
+    Resume,
+    /// The timer cannot wake the vCPU (disabled or masked): sleep until a kick (an interrupt
+    /// for this vCPU, CPU_ON, a stop request).
+    SleepUntilKick,
+    /// Sleep until the timer's deadline, this long from now, or an earlier kick.
+    SleepFor(Duration),
+}
+
+/// Decides what a WFI does (the HVF.md rules): pending interrupt → resume; timer disabled or
+/// masked → sleep until kicked; deadline passed → resume; deadline within `spin_threshold` →
+/// resume without sleeping; otherwise sleep until the deadline. A CNTFRQ of 0 (the deadline
+/// cannot be converted) resumes: never sleep on a time we cannot compute.
+pub fn wfi_decision(inputs: &WfiInputs, spin_threshold: Duration) -> WfiDecision {
+    if inputs.interrupt_pending {
+        return WfiDecision::Resume;
+    }
+    let ctl = inputs.cntv_ctl;
+    if ctl & CNTV_CTL_ENABLE == 0 || ctl & CNTV_CTL_IMASK != 0 {
+        return WfiDecision::SleepUntilKick;
+    }
+    if ctl & CNTV_CTL_ISTATUS != 0 || inputs.cntv_cval <= inputs.cntvct {
+        return WfiDecision::Resume;
+    }
+    match ticks_to_duration(inputs.cntv_cval - inputs.cntvct, inputs.cntfrq_hz) {
+        Some(wait) if wait >= spin_threshold => WfiDecision::SleepFor(wait),
+        _ => WfiDecision::Resume,
+    }
+}
+
+/// `ticks` of a counter running at `frequency_hz`, as a duration; exact to the nanosecond
+/// (rounded down) and overflow-free for every `u64` input. `None` for a 0 Hz counter.
+pub fn ticks_to_duration(ticks: u64, frequency_hz: u64) -> Option<Duration> {
+    if frequency_hz == 0 {
+        return None;
+    }
+    let secs = ticks / frequency_hz;
+    // remainder < frequency, so remainder * 1e9 fits in u128 and the quotient is < 1e9.
+    let nanos = u128::from(ticks % frequency_hz) * 1_000_000_000 / u128::from(frequency_hz);
+    Some(Duration::new(secs, nanos as u32))
+}
+
+/// Whether the virtual timer drives its interrupt line (PPI 27) high: ENABLE and ISTATUS set,
+/// IMASK clear.
+pub fn vtimer_line_high(cntv_ctl: u64) -> bool {
+    cntv_ctl & (CNTV_CTL_ENABLE | CNTV_CTL_IMASK | CNTV_CTL_ISTATUS)
+        == CNTV_CTL_ENABLE | CNTV_CTL_ISTATUS
+}
+
+/// After a VTIMER_ACTIVATED exit, Hypervisor.framework masks the vtimer so it does not fire
+/// again at once. Lift the mask (`hv_vcpu_set_vtimer_mask(false)`) once the guest has handled
+/// it, i.e. when the line is no longer high: the guest disabled or masked the timer, or moved
+/// the deadline into the future. Until then keep it masked and the PPI asserted.
+pub fn vtimer_should_unmask(cntv_ctl: u64) -> bool {
+    !vtimer_line_high(cntv_ctl)
+}
+
+/// The vtimer offset of a VM (`hv_vcpu_set_vtimer_offset`, the same for every vCPU): the
+/// guest's virtual count is the host count minus the offset. Pausing and resuming moves the
+/// offset by the paused time, so the guest's counter (and every deadline it set) stands still
+/// while the VM is paused. Counts are host counter ticks (`mach_absolute_time` on macOS).
+///
+/// The host counter also stops while a Mac sleeps, so guest time falls behind wall-clock time
+/// after a host sleep; correcting that needs telling the guest (a host-time push), which this
+/// type does not do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VtimerOffset {
+    offset: u64,
+    paused_at: Option<u64>,
+}
+
+impl VtimerOffset {
+    /// An offset that makes the guest's counter start from 0 at host count `host_now`.
+    pub fn starting_at(host_now: u64) -> Self {
+        VtimerOffset { offset: host_now, paused_at: None }
+    }
+
+    /// The offset to give every vCPU.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Whether the VM is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused_at.is_some()
+    }
+
+    /// The guest's virtual count at host count `host_now` (frozen while paused).
+    pub fn guest_count(&self, host_now: u64) -> u64 {
+        self.paused_at.unwrap_or(host_now).wrapping_sub(self.offset)
+    }
+
+    /// The VM stops running at host count `host_now`. Pausing twice keeps the first time.
+    pub fn pause(&mut self, host_now: u64) {
+        self.paused_at.get_or_insert(host_now);
+    }
+
+    /// The VM runs again at host count `host_now`; returns the new offset (the old one plus
+    /// the paused time), which every vCPU must be given before it runs. Without a pause this
+    /// changes nothing.
+    pub fn resume(&mut self, host_now: u64) -> u64 {
+        if let Some(paused_at) = self.paused_at.take() {
+            self.offset = self.offset.wrapping_add(host_now.wrapping_sub(paused_at));
+        }
+        self.offset
+    }
+}
+
+#[cfg(test)]
+#[path = "timer_tests.rs"]
+mod tests;

@@ -1,0 +1,168 @@
+//! The bookkeeping behind kicks and WFI sleeps, portable and unit-tested; the macOS kicker in
+//! `vcpu.rs` adds `hv_vcpus_exit`.
+//!
+//! A vCPU thread is in one of three places when something wants it:
+//! - inside `hv_vcpu_run`: `hv_vcpus_exit` makes the run return `HV_EXIT_REASON_CANCELED`;
+//! - about to call `hv_vcpu_run`: `hv_vcpus_exit` on a vCPU that is not running makes its next
+//!   run return at once (`hv_vcpu.h`, `hv_vcpus_exit`), and [`Doorbell::take_kick`] before each
+//!   run catches the kick in any case;
+//! - asleep in hvrun itself (an emulated WFI, or a powered-off vCPU waiting for CPU_ON): the
+//!   framework knows nothing of that sleep, so the doorbell's condition variable wakes it.
+//!
+//! Two kinds of ring: a *kick* (the VMM wants the thread to return from `run`, e.g. to stop)
+//! and a *wake* (an interrupt may now be pending for this vCPU: end a WFI sleep, nothing more).
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+/// Why [`Doorbell::sleep`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// A kick (consumed).
+    Kicked,
+    /// An interrupt may be pending (consumed).
+    Woken,
+    /// The deadline passed.
+    Deadline,
+}
+
+#[derive(Debug, Default)]
+struct Bell {
+    kicked: bool,
+    woken: bool,
+}
+
+/// One vCPU's doorbell, shared between its thread and everyone who kicks or wakes it.
+#[derive(Debug, Default)]
+pub struct Doorbell {
+    bell: Mutex<Bell>,
+    rung: Condvar,
+}
+
+impl Doorbell {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Bell> {
+        // The lock guards two flags; a panic while holding it leaves them valid.
+        self.bell.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Asks the vCPU thread to return from `run`; remembered until taken.
+    pub fn kick(&self) {
+        self.lock().kicked = true;
+        self.rung.notify_all();
+    }
+
+    /// Tells a sleeping vCPU that an interrupt may be pending; remembered until the next sleep
+    /// or [`Doorbell::clear_wake`].
+    pub fn wake(&self) {
+        self.lock().woken = true;
+        self.rung.notify_all();
+    }
+
+    /// Takes a pending kick: `true` means "return `VmExit::Kicked` instead of running".
+    pub fn take_kick(&self) -> bool {
+        std::mem::take(&mut self.lock().kicked)
+    }
+
+    /// Forgets earlier wakes. A WFI handler calls this *before* it looks at the interrupt
+    /// controller, so an interrupt raised after that look still ends the sleep that follows.
+    pub fn clear_wake(&self) {
+        self.lock().woken = false;
+    }
+
+    /// Sleeps until a kick, a wake, or `deadline` (`None`: no deadline). Returns at once if a
+    /// kick or wake is already pending.
+    pub fn sleep(&self, deadline: Option<Instant>) -> Wake {
+        let mut bell = self.lock();
+        loop {
+            if std::mem::take(&mut bell.kicked) {
+                return Wake::Kicked;
+            }
+            if std::mem::take(&mut bell.woken) {
+                return Wake::Woken;
+            }
+            bell = match deadline {
+                None => self.rung.wait(bell).unwrap_or_else(|p| p.into_inner()),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Wake::Deadline;
+                    }
+                    self.rung
+                        .wait_timeout(bell, deadline - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn a_kick_before_the_run_is_not_lost() {
+        let bell = Doorbell::new();
+        bell.kick();
+        assert!(bell.take_kick());
+        assert!(!bell.take_kick(), "taken once");
+    }
+
+    #[test]
+    fn a_pending_kick_or_wake_ends_the_sleep_at_once() {
+        let bell = Doorbell::new();
+        bell.kick();
+        assert_eq!(bell.sleep(None), Wake::Kicked);
+        bell.wake();
+        assert_eq!(bell.sleep(None), Wake::Woken);
+        assert!(!bell.take_kick(), "the sleep consumed the kick");
+    }
+
+    #[test]
+    fn clear_wake_forgets_earlier_interrupts_but_not_kicks() {
+        let bell = Doorbell::new();
+        bell.wake();
+        bell.kick();
+        bell.clear_wake();
+        assert_eq!(bell.sleep(Some(Instant::now())), Wake::Kicked);
+        assert_eq!(bell.sleep(Some(Instant::now())), Wake::Deadline);
+    }
+
+    #[test]
+    fn the_deadline_ends_the_sleep() {
+        let bell = Doorbell::new();
+        let start = Instant::now();
+        assert_eq!(bell.sleep(Some(start + Duration::from_millis(20))), Wake::Deadline);
+        assert!(start.elapsed() >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn another_thread_wakes_a_sleeper() {
+        let bell = Arc::new(Doorbell::new());
+        let ringer = {
+            let bell = bell.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(10));
+                bell.wake();
+            })
+        };
+        assert_eq!(bell.sleep(Some(Instant::now() + Duration::from_secs(30))), Wake::Woken);
+        ringer.join().unwrap();
+        let kicker = {
+            let bell = bell.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(10));
+                bell.kick();
+            })
+        };
+        assert_eq!(bell.sleep(None), Wake::Kicked);
+        kicker.join().unwrap();
+    }
+}

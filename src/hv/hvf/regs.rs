@@ -1,0 +1,73 @@
+//! hvrun's register names ([`Reg`]) in Hypervisor.framework's terms. Portable and unit-tested.
+
+use hv_sys::*;
+
+use crate::hv::Reg;
+
+/// Where the framework keeps a register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HvReg {
+    /// `hv_vcpu_{get,set}_reg`.
+    Core(hv_reg_t),
+    /// `hv_vcpu_{get,set}_sys_reg`.
+    Sys(hv_sys_reg_t),
+}
+
+/// The framework's name for `reg`; `None` for a register that does not exist (X31: there is no
+/// such general register, and `HV_REG_X0 + 31` would be the PC). `el2`: the guest runs at EL2
+/// (`--nested`), so "the stack pointer of the current EL" is SP_EL2.
+pub fn hv_reg(reg: Reg, el2: bool) -> Option<HvReg> {
+    Some(match reg {
+        Reg::X(n) if n <= 30 => HvReg::Core(HV_REG_X0 + u32::from(n)),
+        Reg::X(_) => return None,
+        Reg::Pc => HvReg::Core(HV_REG_PC),
+        Reg::Pstate => HvReg::Core(HV_REG_CPSR),
+        Reg::Sp if el2 => HvReg::Sys(HV_SYS_REG_SP_EL2),
+        Reg::Sp => HvReg::Sys(HV_SYS_REG_SP_EL1),
+        Reg::Mpidr => HvReg::Sys(HV_SYS_REG_MPIDR_EL1),
+    })
+}
+
+/// PSTATE.M[3:0] of EL1h and EL2h.
+const MODE_MASK: u64 = 0xf;
+const MODE_EL1H: u64 = 0b0101;
+const MODE_EL2H: u64 = 0b1001;
+
+/// With `--nested` the guest kernel is entered at EL2 (booting.rst §4 allows EL2 or EL1, and
+/// a kernel entered at EL2 can run KVM): the VMM's EL1h entry state becomes EL2h, the DAIF masks
+/// kept (0x3c5 → 0x3c9). Any other mode, and everything without `--nested`, is left alone.
+pub fn entry_pstate(pstate: u64, el2: bool) -> u64 {
+    if el2 && pstate & MODE_MASK == MODE_EL1H {
+        (pstate & !MODE_MASK) | MODE_EL2H
+    } else {
+        pstate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn general_registers_stop_at_x30() {
+        assert_eq!(hv_reg(Reg::X(0), false), Some(HvReg::Core(0)));
+        assert_eq!(hv_reg(Reg::X(30), false), Some(HvReg::Core(30)));
+        assert_eq!(hv_reg(Reg::X(31), false), None);
+        assert_eq!(hv_reg(Reg::Pc, false), Some(HvReg::Core(31)));
+        assert_eq!(hv_reg(Reg::Pstate, false), Some(HvReg::Core(34)));
+    }
+
+    #[test]
+    fn system_registers() {
+        assert_eq!(hv_reg(Reg::Mpidr, false), Some(HvReg::Sys(0xc005)));
+        assert_eq!(hv_reg(Reg::Sp, false), Some(HvReg::Sys(0xe208)));
+        assert_eq!(hv_reg(Reg::Sp, true), Some(HvReg::Sys(0xf208)));
+    }
+
+    #[test]
+    fn nested_guests_start_at_el2h() {
+        assert_eq!(entry_pstate(0x3c5, true), 0x3c9);
+        assert_eq!(entry_pstate(0x3c5, false), 0x3c5);
+        assert_eq!(entry_pstate(0x3c4, true), 0x3c4, "EL1t is not the boot state: left alone");
+    }
+}

@@ -1,0 +1,553 @@
+//! A Hypervisor.framework vCPU: created on, and owned by, the thread that runs it. `run`
+//! completes the previous MMIO load, waits while the vCPU is powered off, enters the guest and
+//! carries out the plan `exit::plan` made of the exit.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hv_sys::*;
+
+use super::errors::check;
+use super::exit::{plan, ExitPlan};
+use super::inject::{inject, FromState, GuestException};
+use super::kick::Doorbell;
+use super::regs::{entry_pstate, hv_reg, HvReg};
+use super::vm::{GicBackend, VmShared};
+use crate::arch::aarch64::esr::{MmioAccess, MmioDecision, WaitKind};
+use crate::arch::aarch64::mpidr_for_vcpu;
+use crate::arch::aarch64::power::PowerWait;
+use crate::arch::aarch64::psci::{handle_call, pc_after_call, ret, PsciAction, SmcccCall};
+use crate::arch::aarch64::sysreg::{emulate, SysRegAccess, SysRegOutcome};
+use crate::arch::aarch64::timer::{vtimer_should_unmask, wfi_decision, WfiDecision, WfiInputs};
+use crate::hv::{HandledExit, HvError, Kicker, Reg, Result, SystemEvent, Vcpu, VmEntry, VmExit};
+use boot::layout;
+use boot::PsciConduit;
+use devices::gic_v3::VTIMER_PPI;
+
+/// SCTLR_EL1 with only its RES1 bits set: MMU and caches off, as PSCI CPU_ON requires of the
+/// entry state (DEN0022 §6.4). Bits 29, 28, 23, 22, 20 and 11 are RES1 (Arm ARM D24.2.163).
+const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
+
+/// The longest a WFI sleeps in hvrun when the in-kernel GIC may have an SGI for the vCPU that
+/// hvrun cannot see arrive.
+const IN_KERNEL_GIC_WFI_LIMIT: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// One vCPU, owned by its thread.
+pub struct HvfVcpu {
+    id: hv_vcpu_t,
+    /// The framework's exit record for this vCPU, rewritten by every `hv_vcpu_run`.
+    exit: *const hv_vcpu_exit_t,
+    index: u32,
+    vm: Arc<VmShared>,
+    doorbell: Arc<Doorbell>,
+    /// The MMIO load the last exit returned, completed by the next `run`.
+    pending_load: Option<MmioAccess>,
+    /// The framework masked the vtimer on VTIMER_ACTIVATED; unmask once its line is low.
+    vtimer_masked: bool,
+    /// PSCI state: off until CPU_ON (vCPU 0 starts on).
+    powered_on: bool,
+}
+
+impl HvfVcpu {
+    pub(super) fn create(vm: Arc<VmShared>, index: u32) -> Result<Self> {
+        let doorbell = vm
+            .doorbells
+            .get(index as usize)
+            .cloned()
+            .ok_or_else(|| invalid(&format!("vCPU {index} beyond the VM's vCPU count")))?;
+        let mut id: hv_vcpu_t = 0;
+        let mut exit: *const hv_vcpu_exit_t = std::ptr::null();
+        // SAFETY: both out-pointers are valid; a null configuration selects the defaults. The
+        // vCPU belongs to this thread from now on.
+        let ret = unsafe { hv_vcpu_create(&mut id, &mut exit, std::ptr::null_mut()) };
+        check(ret, "hv_vcpu_create")?;
+        let vcpu = HvfVcpu {
+            id,
+            exit,
+            index,
+            powered_on: index == 0,
+            vm,
+            doorbell,
+            pending_load: None,
+            vtimer_masked: false,
+        };
+        vcpu.set_sys(HV_SYS_REG_MPIDR_EL1, mpidr_for_vcpu(index))?;
+        // SAFETY: this thread owns the vCPU.
+        let ret = unsafe { hv_vcpu_set_vtimer_offset(id, vcpu.vm.vtimer_offset) };
+        check(ret, "hv_vcpu_set_vtimer_offset")?;
+        if vcpu.vm.el2 {
+            // Hide SME (ID_AA64PFR1_EL1.SME, bits [27:24]) from EL2 guests: QEMU found that
+            // guests break after enabling the MMU otherwise.
+            let pfr1 = vcpu.get_sys(HV_SYS_REG_ID_AA64PFR1_EL1)?;
+            vcpu.set_sys(HV_SYS_REG_ID_AA64PFR1_EL1, pfr1 & !(0xf << 24))?;
+        }
+        vcpu.check_redistributor();
+        vcpu.vm.handles[index as usize].store(id, Ordering::Release);
+        vcpu.vm.alive[index as usize].store(true, Ordering::Release);
+        Ok(vcpu)
+    }
+
+    /// Warns if the framework put this vCPU's redistributor elsewhere than the device tree says.
+    fn check_redistributor(&self) {
+        let GicBackend::InKernel(api) = self.vm.gic else { return };
+        let mut base = 0;
+        // SAFETY: this thread owns the vCPU, whose MPIDR is set; writes one u64.
+        let ret = unsafe { (api.hv_gic_get_redistributor_base)(self.id, &mut base) };
+        let want = layout::GICR_BASE + u64::from(self.index) * layout::GICR_SIZE_PER_VCPU;
+        if ret == HV_SUCCESS && base != want {
+            log::warn!(
+                "vCPU {}: the GIC put its redistributor at {base:#x}, the device tree says {want:#x}",
+                self.index
+            );
+        }
+    }
+
+    fn get_sys(&self, reg: hv_sys_reg_t) -> Result<u64> {
+        let mut value = 0;
+        // SAFETY: this thread owns the vCPU; writes one u64.
+        check(unsafe { hv_vcpu_get_sys_reg(self.id, reg, &mut value) }, "hv_vcpu_get_sys_reg")?;
+        Ok(value)
+    }
+
+    fn set_sys(&self, reg: hv_sys_reg_t, value: u64) -> Result<()> {
+        // SAFETY: this thread owns the vCPU.
+        check(unsafe { hv_vcpu_set_sys_reg(self.id, reg, value) }, "hv_vcpu_set_sys_reg")
+    }
+
+    fn get_core(&self, reg: hv_reg_t) -> Result<u64> {
+        let mut value = 0;
+        // SAFETY: this thread owns the vCPU; writes one u64.
+        check(unsafe { hv_vcpu_get_reg(self.id, reg, &mut value) }, "hv_vcpu_get_reg")?;
+        Ok(value)
+    }
+
+    fn set_core(&self, reg: hv_reg_t, value: u64) -> Result<()> {
+        // SAFETY: this thread owns the vCPU.
+        check(unsafe { hv_vcpu_set_reg(self.id, reg, value) }, "hv_vcpu_set_reg")
+    }
+
+    /// Register `n` of a syndrome (0..=30); callers handle 31 (XZR) themselves.
+    fn x(&self, n: u8) -> Result<u64> {
+        self.get_core(HV_REG_X0 + u32::from(n.min(30)))
+    }
+
+    fn skip_instruction(&self) -> Result<()> {
+        let pc = self.get_core(HV_REG_PC)?;
+        self.set_core(HV_REG_PC, pc.wrapping_add(4))
+    }
+
+    /// Writes the value of the pending MMIO load to its register and steps past the load.
+    fn complete_load(&mut self, bus_value: u64) -> Result<()> {
+        let Some(access) = self.pending_load.take() else { return Ok(()) };
+        if let Some((reg, value)) = access.load_result(bus_value) {
+            self.set_core(HV_REG_X0 + u32::from(reg), value)?;
+        }
+        self.skip_instruction()
+    }
+
+    /// Waits while powered off; `false` if a kick ended the wait.
+    fn wait_until_powered_on(&mut self) -> Result<bool> {
+        match self.vm.power.wait_for_start(self.index) {
+            PowerWait::Kicked => Ok(false),
+            PowerWait::Start(start) => {
+                self.set_sys(HV_SYS_REG_SCTLR_EL1, SCTLR_EL1_RESET)?;
+                for (reg, value) in start.registers() {
+                    self.set_reg(reg, value)?;
+                }
+                self.vm.power.running(self.index);
+                self.powered_on = true;
+                Ok(true)
+            }
+        }
+    }
+
+    fn handle(&mut self, exit: hv_vcpu_exit_t) -> Result<VmExit> {
+        Ok(match plan(&exit) {
+            ExitPlan::Canceled => {
+                self.doorbell.take_kick();
+                VmExit::Kicked
+            }
+            ExitPlan::VtimerActivated => {
+                self.vtimer_masked = true;
+                self.raise_vtimer()?;
+                VmExit::Handled(HandledExit::VtimerActivated)
+            }
+            ExitPlan::Mmio { ipa, decision } => self.mmio(ipa, decision, &exit)?,
+            ExitPlan::Hypercall { smc, imm } => self.hypercall(smc, imm)?,
+            ExitPlan::SysReg { iss } => self.sysreg(iss)?,
+            ExitPlan::Wait(WaitKind::Wfe) => {
+                self.skip_instruction()?;
+                VmExit::Handled(HandledExit::Wfe)
+            }
+            ExitPlan::Wait(WaitKind::Wfi) => {
+                self.skip_instruction()?;
+                self.wfi()?;
+                VmExit::Handled(HandledExit::Wfi)
+            }
+            ExitPlan::Inject { exception, what, esr } => {
+                if !self.vm.injected_logged.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "vCPU {}: {what} (ESR_EL2 {esr:#x}): injected {exception:?} (logged once)",
+                        self.index
+                    );
+                }
+                self.inject(exception)?;
+                VmExit::Handled(HandledExit::ExceptionInjected)
+            }
+            ExitPlan::Unhandled { reason, detail } => VmExit::Unhandled { reason, detail },
+        })
+    }
+
+    fn mmio(&mut self, ipa: u64, decision: MmioDecision, exit: &hv_vcpu_exit_t) -> Result<VmExit> {
+        if let (GicBackend::Userspace(_), MmioDecision::Access(access)) = (&self.vm.gic, decision) {
+            if let Some(exit) = self.userspace_gic_mmio(ipa, access)? {
+                return Ok(exit);
+            }
+        }
+        match decision {
+            MmioDecision::Access(access) if access.write => {
+                let reg_value = match access.source_register() {
+                    Some(reg) => self.x(reg)?,
+                    None => 0,
+                };
+                self.skip_instruction()?;
+                Ok(VmExit::Mmio {
+                    addr: ipa,
+                    size: access.size,
+                    write: Some(access.store_value(reg_value)),
+                })
+            }
+            MmioDecision::Access(access) => {
+                self.pending_load = Some(access);
+                Ok(VmExit::Mmio { addr: ipa, size: access.size, write: None })
+            }
+            MmioDecision::CacheMaintenance => {
+                self.skip_instruction()?;
+                Ok(VmExit::Handled(HandledExit::CacheMaintenance))
+            }
+            MmioDecision::NoValidSyndrome | MmioDecision::TranslationTableWalk => {
+                log::warn!(
+                    "vCPU {}: MMIO access at {ipa:#x} without a usable syndrome ({decision:?}): \
+                     injecting a data abort",
+                    self.index
+                );
+                self.inject(GuestException::DataAbort { far: exit.exception.virtual_address })?;
+                Ok(VmExit::Handled(HandledExit::ExceptionInjected))
+            }
+        }
+    }
+
+    /// Serves an access to the userspace GIC's registers here, as KVM serves its vGIC in the
+    /// kernel: `None` if `ipa` is not the GIC's.
+    fn userspace_gic_mmio(&mut self, ipa: u64, access: MmioAccess) -> Result<Option<VmExit>> {
+        let GicBackend::Userspace(gic) = &self.vm.gic else { return Ok(None) };
+        let write = match (access.write, access.source_register()) {
+            (true, Some(reg)) => Some(access.store_value(self.x(reg)?)),
+            (true, None) => Some(0),
+            (false, _) => None,
+        };
+        let Some(value) = gic.mmio(ipa, access.size, write) else { return Ok(None) };
+        if write.is_none() {
+            if let Some((reg, value)) = access.load_result(value) {
+                self.set_core(HV_REG_X0 + u32::from(reg), value)?;
+            }
+        }
+        self.skip_instruction()?;
+        Ok(Some(VmExit::Handled(HandledExit::GicMmio)))
+    }
+
+    fn hypercall(&mut self, smc: bool, imm: u16) -> Result<VmExit> {
+        let call = SmcccCall::new(u32::from(imm), self.x(0)?, self.x(1)?, self.x(2)?, self.x(3)?);
+        let conduit = if smc { PsciConduit::Smc } else { PsciConduit::Hvc };
+        let resume = |vcpu: &Self, x0: u64| -> Result<VmExit> {
+            vcpu.set_core(HV_REG_X0, x0)?;
+            let pc = vcpu.get_core(HV_REG_PC)?;
+            vcpu.set_core(HV_REG_PC, pc_after_call(conduit, pc))?;
+            Ok(VmExit::Handled(HandledExit::Hypercall))
+        };
+        match handle_call(&call, &self.vm.power) {
+            PsciAction::Return(x0) => resume(self, x0),
+            PsciAction::CpuOn(request) => {
+                let x0 = self.vm.power.cpu_on(&request);
+                resume(self, x0)
+            }
+            PsciAction::Suspend => {
+                self.wfi()?;
+                resume(self, ret::SUCCESS)
+            }
+            PsciAction::CpuOff => {
+                self.vm.power.cpu_off(self.index);
+                self.powered_on = false;
+                Ok(VmExit::Handled(HandledExit::Hypercall))
+            }
+            PsciAction::SystemOff => Ok(VmExit::System(SystemEvent::PowerOff)),
+            PsciAction::SystemReset => Ok(VmExit::System(SystemEvent::Reset)),
+        }
+    }
+
+    /// A trapped MSR/MRS, completed with the shared policy (`arch::aarch64::sysreg`): GIC CPU
+    /// interface registers go to the userspace GIC, PMU/debug/ID registers are constants, the
+    /// rest get an UNDEF.
+    fn sysreg(&mut self, iss: u32) -> Result<VmExit> {
+        let access = SysRegAccess::decode(iss);
+        let rt_value = if access.read || access.rt == 31 { 0 } else { self.x(access.rt)? };
+        let gic = match &self.vm.gic {
+            GicBackend::Userspace(u) => Some((&u.gic, self.index)),
+            GicBackend::InKernel(_) => None,
+        };
+        match emulate(&access, rt_value, gic) {
+            SysRegOutcome::Complete(write) => {
+                if let Some((reg, value)) = write {
+                    self.set_core(HV_REG_X0 + u32::from(reg), value)?;
+                }
+                self.skip_instruction()?;
+                Ok(VmExit::Handled(HandledExit::SysReg))
+            }
+            SysRegOutcome::Undefined => {
+                self.vm.undefined_sysregs.record(&access);
+                self.inject(GuestException::Undefined)?;
+                Ok(VmExit::Handled(HandledExit::ExceptionInjected))
+            }
+        }
+    }
+
+    fn inject(&self, exception: GuestException) -> Result<()> {
+        let from = FromState {
+            pstate: self.get_core(HV_REG_CPSR)?,
+            pc: self.get_core(HV_REG_PC)?,
+            vbar: self.get_sys(HV_SYS_REG_VBAR_EL1)?,
+        };
+        let to = inject(exception, from);
+        self.set_sys(HV_SYS_REG_ESR_EL1, to.esr_el1)?;
+        if let Some(far) = to.far_el1 {
+            self.set_sys(HV_SYS_REG_FAR_EL1, far)?;
+        }
+        self.set_sys(HV_SYS_REG_ELR_EL1, to.elr_el1)?;
+        self.set_sys(HV_SYS_REG_SPSR_EL1, to.spsr_el1)?;
+        self.set_core(HV_REG_CPSR, to.pstate)?;
+        self.set_core(HV_REG_PC, to.pc)
+    }
+
+    /// Raises the timer interrupt. With the in-kernel GIC this exit should not happen (QEMU's
+    /// HVF maintainers report the framework then handles the vtimer itself); should it, the
+    /// PPI is set pending in the vCPU's redistributor (GICR_ISPENDR0, bit 27).
+    fn raise_vtimer(&self) -> Result<()> {
+        match &self.vm.gic {
+            GicBackend::Userspace(u) => u.gic.set_ppi_level(self.index, VTIMER_PPI, true),
+            GicBackend::InKernel(api) => {
+                // SAFETY: this thread owns the vCPU.
+                let ret = unsafe {
+                    (api.hv_gic_set_redistributor_reg)(
+                        self.id,
+                        HV_GIC_REDISTRIBUTOR_REG_GICR_ISPENDR0,
+                        1 << VTIMER_PPI,
+                    )
+                };
+                check(ret, "setting the vtimer interrupt pending")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After VTIMER_ACTIVATED the framework keeps the vtimer masked; lower the PPI and unmask
+    /// once the guest has dealt with the interrupt (the line is low: disabled, masked, or
+    /// reprogrammed), or every entry would exit again at once.
+    fn sync_vtimer(&mut self) -> Result<()> {
+        if !vtimer_should_unmask(self.get_sys(HV_SYS_REG_CNTV_CTL_EL0)?) {
+            return Ok(());
+        }
+        match &self.vm.gic {
+            GicBackend::Userspace(u) => u.gic.set_ppi_level(self.index, VTIMER_PPI, false),
+            // SAFETY: this thread owns the vCPU. A level interrupt whose line dropped is no
+            // longer pending.
+            GicBackend::InKernel(api) => unsafe {
+                (api.hv_gic_set_redistributor_reg)(
+                    self.id,
+                    HV_GIC_REDISTRIBUTOR_REG_GICR_ICPENDR0,
+                    1 << VTIMER_PPI,
+                );
+            },
+        }
+        // SAFETY: this thread owns the vCPU.
+        check(unsafe { hv_vcpu_set_vtimer_mask(self.id, false) }, "hv_vcpu_set_vtimer_mask")?;
+        self.vtimer_masked = false;
+        Ok(())
+    }
+
+    /// Whether an enabled interrupt is pending for this vCPU in the in-kernel GIC: its SGIs and
+    /// PPIs, and any SPI (whose routing the framework keeps to itself). WFI must not sleep then.
+    fn interrupt_pending(&self) -> Result<bool> {
+        let api = match &self.vm.gic {
+            GicBackend::Userspace(u) => return Ok(u.gic.has_pending(self.index)),
+            GicBackend::InKernel(api) => api,
+        };
+        let mut pend = 0;
+        let mut enabled = 0;
+        // SAFETY: this thread owns the vCPU; each call writes one u64.
+        unsafe {
+            (api.hv_gic_get_redistributor_reg)(
+                self.id,
+                HV_GIC_REDISTRIBUTOR_REG_GICR_ISPENDR0,
+                &mut pend,
+            );
+            (api.hv_gic_get_redistributor_reg)(
+                self.id,
+                HV_GIC_REDISTRIBUTOR_REG_GICR_ISENABLER0,
+                &mut enabled,
+            );
+        }
+        if pend & enabled != 0 {
+            return Ok(true);
+        }
+        for n in 1..(layout::GIC_NR_IRQS / 32) as u16 {
+            // SAFETY: raw distributor offsets are allowed (hv_gic.h); each writes one u64.
+            unsafe {
+                (api.hv_gic_get_distributor_reg)(
+                    HV_GIC_DISTRIBUTOR_REG_GICD_ISPENDR0 + 4 * n,
+                    &mut pend,
+                );
+                (api.hv_gic_get_distributor_reg)(
+                    HV_GIC_DISTRIBUTOR_REG_GICD_ISENABLER0 + 4 * n,
+                    &mut enabled,
+                );
+            }
+            if pend & enabled != 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// WFI, with the shared policy (`arch::aarch64::timer`): return at once if an interrupt is
+    /// pending or the timer is (nearly) due; otherwise sleep until the timer's deadline, an
+    /// interrupt, or a kick.
+    fn wfi(&mut self) -> Result<()> {
+        // Before looking at the GIC: an interrupt raised after the look still ends the sleep.
+        self.doorbell.clear_wake();
+        let inputs = WfiInputs {
+            cntv_ctl: self.get_sys(HV_SYS_REG_CNTV_CTL_EL0)?,
+            cntv_cval: self.get_sys(HV_SYS_REG_CNTV_CVAL_EL0)?,
+            // SAFETY: mach_absolute_time has no preconditions.
+            cntvct: unsafe { mach_absolute_time() }.wrapping_sub(self.vm.vtimer_offset),
+            cntfrq_hz: self.vm.counter_hz,
+            interrupt_pending: self.interrupt_pending()?,
+        };
+        let limit = match self.vm.gic {
+            // The in-kernel GIC delivers SGIs from other vCPUs without telling hvrun, so a
+            // sleep here could miss one: sleep briefly, and let the guest's idle loop WFI
+            // again (then GICR_ISPENDR0 shows the SGI). With an in-kernel GIC the framework is
+            // expected to handle WFI itself, making this a fallback (see HVF.md).
+            GicBackend::InKernel(_) => Some(IN_KERNEL_GIC_WFI_LIMIT),
+            GicBackend::Userspace(_) => None,
+        };
+        let wait = match wfi_decision(&inputs, self.vm.wfi_spin) {
+            WfiDecision::Resume => return Ok(()),
+            WfiDecision::SleepUntilKick => limit,
+            WfiDecision::SleepFor(wait) => Some(limit.map_or(wait, |l| l.min(wait))),
+        };
+        self.doorbell.sleep(wait.map(|w| Instant::now() + w));
+        Ok(())
+    }
+}
+
+impl Drop for HvfVcpu {
+    fn drop(&mut self) {
+        self.vm.alive[self.index as usize].store(false, Ordering::Release);
+        // SAFETY: this thread created the vCPU and drops it here.
+        if let Err(e) = check(unsafe { hv_vcpu_destroy(self.id) }, "hv_vcpu_destroy") {
+            log::warn!("vCPU {}: {e}", self.index);
+        }
+    }
+}
+
+impl Vcpu for HvfVcpu {
+    type Kicker = HvfKicker;
+
+    fn set_reg(&mut self, reg: Reg, value: u64) -> Result<()> {
+        let value = if reg == Reg::Pstate { entry_pstate(value, self.vm.el2) } else { value };
+        match hv_reg(reg, self.vm.el2) {
+            Some(HvReg::Core(r)) => self.set_core(r, value),
+            Some(HvReg::Sys(r)) => self.set_sys(r, value),
+            None => Err(invalid(&format!("no such register {reg:?}"))),
+        }
+    }
+
+    fn get_reg(&mut self, reg: Reg) -> Result<u64> {
+        match hv_reg(reg, self.vm.el2) {
+            Some(HvReg::Core(r)) => self.get_core(r),
+            Some(HvReg::Sys(r)) => self.get_sys(r),
+            None => Err(invalid(&format!("no such register {reg:?}"))),
+        }
+    }
+
+    fn run(&mut self, entry: VmEntry) -> Result<VmExit> {
+        match entry {
+            VmEntry::MmioData(value) => self.complete_load(value)?,
+            VmEntry::Resume => {
+                if self.pending_load.is_some() {
+                    log::warn!("vCPU {}: MMIO load resumed without data: reads 0", self.index);
+                    self.complete_load(0)?;
+                }
+            }
+        }
+        if !self.powered_on && !self.wait_until_powered_on()? {
+            return Ok(VmExit::Kicked);
+        }
+        if self.doorbell.take_kick() {
+            return Ok(VmExit::Kicked);
+        }
+        if self.vtimer_masked {
+            self.sync_vtimer()?;
+        }
+        if let GicBackend::Userspace(u) = &self.vm.gic {
+            // The framework clears the line when the run returns (hv_vcpu.h): set it, high or
+            // low, before every entry.
+            let pending = u.gic.has_pending(self.index);
+            // SAFETY: this thread owns the vCPU.
+            let ret =
+                unsafe { hv_vcpu_set_pending_interrupt(self.id, HV_INTERRUPT_TYPE_IRQ, pending) };
+            check(ret, "hv_vcpu_set_pending_interrupt")?;
+        }
+        // SAFETY: this thread owns the vCPU.
+        check(unsafe { hv_vcpu_run(self.id) }, "hv_vcpu_run")?;
+        // SAFETY: the framework keeps the record alive for the vCPU's lifetime and wrote it
+        // before hv_vcpu_run returned on this thread.
+        let exit = unsafe { *self.exit };
+        self.handle(exit)
+    }
+
+    fn kicker(&self) -> HvfKicker {
+        HvfKicker { id: self.id, index: self.index, vm: self.vm.clone() }
+    }
+}
+
+/// Kicks one vCPU from any thread: out of the guest (`hv_vcpus_exit`), out of a WFI sleep
+/// (its doorbell), or out of the wait for CPU_ON (its power state).
+pub struct HvfKicker {
+    id: hv_vcpu_t,
+    index: u32,
+    vm: Arc<VmShared>,
+}
+
+impl Kicker for HvfKicker {
+    fn kick(&self) {
+        if let Some(bell) = self.vm.doorbells.get(self.index as usize) {
+            bell.kick();
+        }
+        self.vm.power.kick(self.index);
+        let alive =
+            self.vm.alive.get(self.index as usize).is_some_and(|a| a.load(Ordering::Acquire));
+        if alive {
+            // SAFETY: hv_vcpus_exit may be called from any thread; it reads one handle.
+            let ret = unsafe { hv_vcpus_exit(&self.id, 1) };
+            if ret != HV_SUCCESS {
+                log::debug!("kick: hv_vcpus_exit: {ret:#x}");
+            }
+        }
+    }
+}
+
+fn invalid(what: &str) -> HvError {
+    HvError::new(what, std::io::Error::from(std::io::ErrorKind::InvalidInput))
+}
