@@ -8,7 +8,9 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use common::{guest, guest_with_cmdline, run, run_until, run_with_input, Scratch, READY};
+use common::{
+    guest, guest_with_cmdline, run, run_answering, run_until, run_with_input, Scratch, READY,
+};
 
 /// A fresh image of `size` bytes in `scratch`, filled by `fill(offset)`.
 fn image(scratch: &Scratch, name: &str, size: usize, fill: impl Fn(usize) -> u8) -> PathBuf {
@@ -164,9 +166,16 @@ fn text_written_to_hvc0_appears_on_stdout_and_stdin_reaches_hvc0() {
 
 #[test]
 fn hvc0_as_the_kernel_console_carries_init_and_a_shell() {
-    // console=hvc0: once virtio_console is loaded, /dev/console is hvc0; stdin goes to it only.
-    let cmd = "console=hvc0 quiet -- read line </dev/console; echo shell-saw:$line >/dev/console";
-    let r = run_with_input(guest_with_cmdline(&["--console", "virtio"], cmd), b"typed-into-hvc0\n");
+    // console=hvc0: once virtio_console is loaded, /dev/console is hvc0. The shell holds it open
+    // from its prompt to its read, as an interactive shell does: a tty drops what arrived
+    // while it was open once it is closed, so the answer is typed after the prompt.
+    let cmd = "console=hvc0 quiet -- exec </dev/console >/dev/console; echo prompt-on-hvc0; \
+               read line; echo shell-saw:$line";
+    let r = run_answering(
+        guest_with_cmdline(&["--console", "virtio"], cmd),
+        "prompt-on-hvc0",
+        b"typed-into-hvc0\n",
+    );
     assert_eq!(r.code, Some(0), "{}", r.describe());
     assert!(r.stdout.contains(READY), "init's marker goes through hvc0: {}", r.describe());
     assert!(r.stdout.contains("shell-saw:typed-into-hvc0"), "{}", r.describe());

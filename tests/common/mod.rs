@@ -155,6 +155,56 @@ pub fn run_with_input(mut cmd: Command, input: &[u8]) -> Run {
     }
 }
 
+/// Runs `cmd`, and once a line of its stdout contains `prompt`, writes `input` to its stdin
+/// (then end of file) — as a person would type an answer. Kills it after [`DEADLINE`].
+pub fn run_answering(mut cmd: Command, prompt: &str, input: &[u8]) -> Run {
+    use std::io::Write;
+    cmd.stdin(Stdio::piped());
+    let mut child = cmd.spawn().expect("cannot start hvrun");
+    let mut stdin = child.stdin.take();
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = drain(child.stderr.take());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut lines = Vec::new();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                if line.contains(prompt) {
+                    if let Some(mut pipe) = stdin.take() {
+                        pipe.write_all(input).expect("cannot write hvrun's stdin");
+                    }
+                }
+                lines.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if start.elapsed() < DEADLINE => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "hvrun did not finish within {DEADLINE:?}; it printed:\n{}",
+                    lines.join("\n")
+                );
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let status = child.wait().expect("waiting for hvrun");
+    Run {
+        code: status.code(),
+        stdout: lines.join("\n"),
+        stderr: String::from_utf8_lossy(&stderr.recv().unwrap_or_default()).into_owned(),
+    }
+}
+
 fn wait_with_deadline(mut child: Child, deadline: Duration) -> Output {
     let start = Instant::now();
     let stdout = drain(child.stdout.take());

@@ -93,10 +93,17 @@ fn describes_itself_as_a_console_with_two_queues() {
         set_reg(&mut *t, VIRTIO_MMIO_QUEUE_SEL, q);
         assert_eq!(reg(&mut *t, VIRTIO_MMIO_QUEUE_NUM_MAX), 256);
     }
-    set_reg(&mut *t, VIRTIO_MMIO_QUEUE_SEL, 2);
-    assert_eq!(reg(&mut *t, VIRTIO_MMIO_QUEUE_NUM_MAX), 0, "no third queue: no MULTIPORT");
-    assert_eq!(reg(&mut *t, VIRTIO_MMIO_DEVICE_FEATURES), 0);
-    assert_eq!(t.read(0x100, 4), 0, "no config fields without SIZE/MULTIPORT/EMERG_WRITE");
+    for q in 2..4 {
+        set_reg(&mut *t, VIRTIO_MMIO_QUEUE_SEL, q);
+        assert_eq!(reg(&mut *t, VIRTIO_MMIO_QUEUE_NUM_MAX), 32, "control queue {q}");
+    }
+    set_reg(&mut *t, VIRTIO_MMIO_QUEUE_SEL, 4);
+    assert_eq!(reg(&mut *t, VIRTIO_MMIO_QUEUE_NUM_MAX), 0, "one port: no queue 4");
+    assert_eq!(reg(&mut *t, VIRTIO_MMIO_DEVICE_FEATURES), 1 << 1, "MULTIPORT only");
+    assert_eq!(t.read(0x100, 4), 0, "cols and rows: no SIZE");
+    assert_eq!(t.read(0x104, 4), 1, "max_nr_ports");
+    assert_eq!(t.read(0x108, 4), 0, "emerg_wr: no EMERG_WRITE");
+    assert_eq!(t.read(0x10c, 4), 0, "past the end");
 }
 
 #[test]
@@ -197,6 +204,114 @@ fn a_reset_stops_delivery_but_keeps_pending_input() {
     post_rx(&rx, 0, 1, 64);
     rig.start(&rx, &tx);
     assert_eq!(rx.used(), vec![(0, 5)]);
+}
+
+/// The driver side of the control queues, for the MULTIPORT tests.
+struct ControlRings<'a> {
+    rx: TestRing<'a>,
+    tx: TestRing<'a>,
+    sent: u16,
+}
+
+const CONTROL_IN: u64 = BUFFERS + 0x4_0000;
+const CONTROL_OUT: u64 = BUFFERS + 0x5_0000;
+
+impl ControlRings<'_> {
+    /// Posts `count` 8-byte control receive buffers.
+    fn post(&self, count: u16) {
+        for i in 0..count {
+            self.rx.set_desc(i, CONTROL_IN + u64::from(i) * 8, 8, WRITE, 0);
+            self.rx.publish(i);
+        }
+    }
+
+    /// The messages the device put in the control receive buffers so far.
+    fn received(&self, mem: &Mem) -> Vec<(u32, u16, u16)> {
+        self.rx
+            .used()
+            .iter()
+            .filter(|(_, len)| *len == 8)
+            .map(|&(id, _)| {
+                let b = guest_bytes(mem, CONTROL_IN + u64::from(id) * 8, 8);
+                let m = control::ControlMessage::parse(&b).unwrap();
+                (m.id, m.event, m.value)
+            })
+            .collect()
+    }
+
+    /// The driver sends one control message.
+    fn send(&mut self, mem: &Mem, rig: &Rig, id: u32, event: u16, value: u16) {
+        let m = control::ControlMessage { id, event, value };
+        let addr = CONTROL_OUT + u64::from(self.sent) * 8;
+        mem.write_slice(&m.to_bytes(), GuestAddress(addr)).unwrap();
+        self.tx.set_desc(self.sent, addr, 8, 0, 0);
+        self.tx.publish(self.sent);
+        self.sent += 1;
+        rig.notify(CONTROL_TRANSMITQ);
+    }
+}
+
+fn start_multiport<'m>(mem: &'m Mem, rig: &Rig) -> (TestRing<'m>, TestRing<'m>, ControlRings<'m>) {
+    let (rx, tx) = (ring_at(mem, 0, 16), ring_at(mem, 0x4000, 16));
+    let control =
+        ControlRings { rx: ring_at(mem, 0x8000, 16), tx: ring_at(mem, 0xc000, 16), sent: 0 };
+    let status =
+        start(&mut *rig.transport.lock().unwrap(), 1 << 1, &[&rx, &tx, &control.rx, &control.tx]);
+    assert_eq!(status & 0x40, 0, "DEVICE_NEEDS_RESET after start");
+    (rx, tx, control)
+}
+
+#[test]
+fn with_multiport_input_waits_for_the_guest_to_open_the_port() {
+    use control::event::*;
+    let mem = guest_memory();
+    let rig = rig(&mem);
+    let (rx, _tx, mut control) = start_multiport(&mem, &rig);
+    control.post(8);
+    rig.notify(CONTROL_RECEIVEQ);
+
+    // Linux's probe: DEVICE_READY, then (after PORT_ADD) it posts the port's receive buffers
+    // and says PORT_READY. Input must not go out yet: the port is not connected.
+    control.send(&mem, &rig, 0, DEVICE_READY, 1);
+    assert_eq!(control.received(&mem), vec![(0, PORT_ADD, 1)]);
+    assert_eq!(rig.port().send(b"early"), 5);
+    post_rx(&rx, 0, 2, 64);
+    rig.notify(RECEIVEQ);
+    control.send(&mem, &rig, 0, PORT_READY, 1);
+    assert_eq!(
+        control.received(&mem),
+        vec![(0, PORT_ADD, 1), (0, CONSOLE_PORT, 1), (0, PORT_OPEN, 1)]
+    );
+    assert!(rx.used().is_empty(), "input before the guest's PORT_OPEN would be discarded");
+
+    control.send(&mem, &rig, 0, PORT_OPEN, 1);
+    assert_eq!(rx.used(), vec![(0, 5)]);
+    assert_eq!(guest_bytes(&mem, rx_buffer(0), 5), b"early");
+    assert_eq!(rig.port().send(b"later"), 5);
+    assert_eq!(rx.used(), vec![(0, 5), (1, 5)]);
+}
+
+#[test]
+fn control_messages_wait_for_control_buffers_and_bad_ones_are_dropped() {
+    use control::event::*;
+    let mem = guest_memory();
+    let rig = rig(&mem);
+    let (_rx, _tx, mut control) = start_multiport(&mem, &rig);
+    control.send(&mem, &rig, 0, DEVICE_READY, 1);
+    assert!(control.received(&mem).is_empty(), "no control buffer posted yet");
+    control.post(1);
+    rig.notify(CONTROL_RECEIVEQ);
+    assert_eq!(control.received(&mem), vec![(0, PORT_ADD, 1)]);
+
+    // A 4-byte message and a message from a buffer outside RAM: dropped, device still fine.
+    control.tx.set_desc(10, CONTROL_OUT, 4, 0, 0);
+    control.tx.publish(10);
+    control.tx.set_desc(11, 0x10, 8, 0, 0);
+    control.tx.publish(11);
+    rig.notify(CONTROL_TRANSMITQ);
+    assert_eq!(control.tx.used().len(), 3);
+    let status = reg(&mut *rig.transport.lock().unwrap(), VIRTIO_MMIO_STATUS);
+    assert_eq!(status & 0x40, 0, "still running");
 }
 
 #[test]

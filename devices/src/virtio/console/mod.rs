@@ -1,12 +1,16 @@
 //! virtio-console (VIRTIO 1.2 §5.3) with one port: the guest's `hvc0`. What the guest writes to
-//! the transmit queue goes to a host writer (hvrun's stdout); host input waits in a bounded
-//! [`ConsoleInput`] buffer until the guest has posted receive buffers for it.
+//! the port's transmit queue goes to a host writer (hvrun's stdout); host input waits in a bounded
+//! [`ConsoleInput`] buffer until the guest has opened the port and posted receive buffers.
 //!
-//! No optional features: no MULTIPORT (one port is what a console needs), no SIZE, no
-//! EMERG_WRITE. Without them the config space has no fields the driver may use (§5.3.4).
+//! VIRTIO_CONSOLE_F_MULTIPORT is offered, with one port, for its control queue: it is how the
+//! guest says the port is open (see [`control`]). A driver that does not accept it still gets a
+//! working console, minus that guarantee for input sent before its port is set up. No SIZE and
+//! no EMERG_WRITE.
+
+mod control;
 
 use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
@@ -19,8 +23,18 @@ use super::{MmioTransport, VirtioDevice, VirtioError, VirtioInterrupt};
 pub const RECEIVEQ: u16 = 0;
 /// Queue 1, `transmitq(port0)`: output from the guest.
 pub const TRANSMITQ: u16 = 1;
-/// 256 entries each, like the other devices; Linux posts one page-sized buffer per entry.
-const QUEUE_SIZES: [u16; 2] = [256, 256];
+/// Queue 2, `control receiveq`: buffers for the device's control messages (MULTIPORT only).
+pub const CONTROL_RECEIVEQ: u16 = 2;
+/// Queue 3, `control transmitq`: the driver's control messages (MULTIPORT only).
+pub const CONTROL_TRANSMITQ: u16 = 3;
+/// The port's queues have 256 entries, like the other devices (Linux posts one page-sized
+/// buffer per entry); control messages are few and 8 bytes each.
+const QUEUE_SIZES: [u16; 4] = [256, 256, 32, 32];
+
+/// VIRTIO_CONSOLE_F_MULTIPORT (§5.3.3): max_nr_ports is valid and the control queues exist.
+const VIRTIO_CONSOLE_F_MULTIPORT: u64 = 1 << 1;
+/// Config space: `max_nr_ports` is the le32 at offset 4 (§5.3.4).
+const MAX_NR_PORTS_OFFSET: usize = 4;
 
 /// How much typed-ahead input is kept while the guest is not reading. Beyond it,
 /// [`ConsoleInput::push`] takes nothing and the host side waits, as with a full UART FIFO.
@@ -82,7 +96,18 @@ struct Running {
     mem: GuestMemoryMmap,
     receiveq: Queue,
     transmitq: Queue,
+    /// The control queues (receive, transmit) when MULTIPORT was negotiated.
+    control_queues: Option<(Queue, Queue)>,
+    /// The port's state in the control protocol; without MULTIPORT the port counts as
+    /// connected from the start.
+    control: control::PortControl,
     interrupt: Arc<VirtioInterrupt>,
+}
+
+impl Running {
+    fn connected(&self) -> bool {
+        self.control_queues.is_none() || self.control.guest_connected()
+    }
 }
 
 /// The console device.
@@ -106,6 +131,9 @@ impl VirtioConsole {
         running: &mut Running,
         input: &ConsoleInput,
     ) -> Result<(), VirtioError> {
+        if !running.connected() {
+            return Ok(()); // kept until the guest opens the port
+        }
         let Running { mem, receiveq, interrupt, .. } = running;
         let broken = |source| VirtioError::BrokenQueue { queue: RECEIVEQ, source };
         let mut pending = input.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -138,6 +166,69 @@ impl VirtioConsole {
             completed += 1;
         }
         if completed > 0 && receiveq.needs_notification(&*mem).map_err(broken)? {
+            interrupt.signal_used_queue();
+        }
+        Ok(())
+    }
+
+    /// Acts on the driver's control messages, answers them, and starts input once the port is
+    /// open.
+    fn serve_control(&mut self) -> Result<(), VirtioError> {
+        let Some(running) = self.running.as_mut() else { return Ok(()) };
+        let Running { mem, control_queues: Some((_, control_tx)), control, interrupt, .. } =
+            &mut *running
+        else {
+            return Ok(());
+        };
+        super::serve_available(control_tx, CONTROL_TRANSMITQ, mem, interrupt, |chain| {
+            let mut bytes = [0u8; control::MESSAGE_SIZE];
+            let message = chain
+                .reader(mem)
+                .ok()
+                .and_then(|mut reader| reader.read_exact(&mut bytes).ok())
+                .and_then(|()| control::ControlMessage::parse(&bytes));
+            match message {
+                Some(message) => control.on_guest_message(message),
+                None => log::debug!("virtio-console: malformed control message dropped"),
+            }
+            0
+        })?;
+        Self::send_control_messages(running)?;
+        Self::fill_receive_buffers(running, &self.input)
+    }
+
+    /// Moves queued control messages into the control buffers the driver posted.
+    fn send_control_messages(running: &mut Running) -> Result<(), VirtioError> {
+        let Running { mem, control_queues: Some((control_rx, _)), control, interrupt, .. } =
+            running
+        else {
+            return Ok(());
+        };
+        let broken = |source| VirtioError::BrokenQueue { queue: CONTROL_RECEIVEQ, source };
+        let mut completed = 0;
+        for _ in 0..control_rx.size() {
+            let Some(message) = control.next_outgoing() else { break };
+            let Some(chain) = control_rx.iter(&*mem).map_err(broken)?.next() else {
+                control.unsend(message); // sent when the driver posts a buffer
+                break;
+            };
+            let head = chain.head_index();
+            let written = match chain.writer(&*mem) {
+                Ok(mut writer) if writer.available_bytes() >= control::MESSAGE_SIZE => {
+                    writer.write_all(&message.to_bytes()).map_or(0, |()| control::MESSAGE_SIZE)
+                }
+                _ => {
+                    log::debug!(
+                        "virtio-console: unusable control buffer; message {message:?} kept"
+                    );
+                    control.unsend(message);
+                    0
+                }
+            };
+            control_rx.add_used(&*mem, head, written as u32).map_err(broken)?;
+            completed += 1;
+        }
+        if completed > 0 && control_rx.needs_notification(&*mem).map_err(broken)? {
             interrupt.signal_used_queue();
         }
         Ok(())
@@ -176,30 +267,47 @@ impl VirtioDevice for VirtioConsole {
     }
 
     fn features(&self) -> u64 {
-        0
+        VIRTIO_CONSOLE_F_MULTIPORT
     }
 
-    /// No feature that gives the config fields meaning is offered (§5.3.4): all read as zero.
-    fn read_config(&self, _offset: u64, _data: &mut [u8]) {}
+    /// `max_nr_ports` = 1; `cols`, `rows` (no SIZE) and `emerg_wr` (no EMERG_WRITE) read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let mut config = [0u8; 12];
+        config[MAX_NR_PORTS_OFFSET..MAX_NR_PORTS_OFFSET + 4].copy_from_slice(&1u32.to_le_bytes());
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(config.len());
+        let end = start.saturating_add(data.len()).min(config.len());
+        data[..end - start].copy_from_slice(&config[start..end]);
+    }
 
     fn activate(
         &mut self,
-        _features: u64,
+        features: u64,
         mem: GuestMemoryMmap,
         queues: Vec<Queue>,
         interrupt: Arc<VirtioInterrupt>,
     ) -> Result<(), VirtioError> {
         let got = queues.len();
-        let Ok::<[Queue; 2], _>([receiveq, transmitq]) = queues.try_into() else {
-            return Err(VirtioError::QueueCount { expected: 2, got });
+        let Ok::<[Queue; 4], _>([receiveq, transmitq, control_rx, control_tx]) = queues.try_into()
+        else {
+            return Err(VirtioError::QueueCount { expected: 4, got });
         };
-        for (index, queue) in [(RECEIVEQ, &receiveq), (TRANSMITQ, &transmitq)] {
-            if !queue.ready() {
-                return Err(VirtioError::QueueNotReady(index));
-            }
+        let multiport = features & VIRTIO_CONSOLE_F_MULTIPORT != 0;
+        let mut required = vec![(RECEIVEQ, &receiveq), (TRANSMITQ, &transmitq)];
+        if multiport {
+            required.extend([(CONTROL_RECEIVEQ, &control_rx), (CONTROL_TRANSMITQ, &control_tx)]);
         }
-        let mut running = Running { mem, receiveq, transmitq, interrupt };
-        // Input typed before the driver came up is delivered as soon as there are buffers.
+        if let Some((index, _)) = required.iter().find(|(_, queue)| !queue.ready()) {
+            return Err(VirtioError::QueueNotReady(*index));
+        }
+        let mut running = Running {
+            mem,
+            receiveq,
+            transmitq,
+            control_queues: multiport.then_some((control_rx, control_tx)),
+            control: control::PortControl::default(),
+            interrupt,
+        };
+        // Without MULTIPORT, input typed before the driver came up goes out at once.
         Self::fill_receive_buffers(&mut running, &self.input)?;
         self.running = Some(running);
         Ok(())
@@ -212,6 +320,11 @@ impl VirtioDevice for VirtioConsole {
                 None => Ok(()),
             },
             TRANSMITQ => self.drain_transmit_queue(),
+            CONTROL_RECEIVEQ => match self.running.as_mut() {
+                Some(running) => Self::send_control_messages(running),
+                None => Ok(()),
+            },
+            CONTROL_TRANSMITQ => self.serve_control(),
             _ => Ok(()),
         }
     }
