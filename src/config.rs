@@ -10,6 +10,7 @@ use boot::{KernelError, KernelImage};
 use devices::block::{DiskError, DiskImage, SyncMode};
 
 use crate::hv::HostLimits;
+use crate::stats::StatsFormat;
 
 /// The default kernel command line: the 16550 as the console, and `earlycon` (which finds the
 /// UART through the FDT's stdout-path) so messages before the console driver are not lost.
@@ -144,6 +145,10 @@ pub struct VmConfig {
     pub disks: Vec<Disk>,
     /// Reboot the guest on PSCI SYSTEM_RESET (the default) instead of exiting.
     pub reboot: bool,
+    /// Print exit statistics when the VM stops (`--stats`).
+    pub stats: Option<StatsFormat>,
+    /// Print every exit, rate-limited (`--trace-exits`).
+    pub trace_exits: bool,
 }
 
 /// The user's choices as given on the command line, before checking.
@@ -156,6 +161,8 @@ pub struct VmArgs {
     pub cpus: u32,
     pub disks: Vec<String>,
     pub no_reboot: bool,
+    pub stats: Option<StatsFormat>,
+    pub trace_exits: bool,
 }
 
 impl VmConfig {
@@ -207,6 +214,8 @@ impl VmConfig {
             vcpus: args.cpus,
             disks,
             reboot: !args.no_reboot,
+            stats: args.stats,
+            trace_exits: args.trace_exits,
         })
     }
 
