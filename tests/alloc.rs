@@ -4,7 +4,8 @@
 //!
 //! Two runs differ only in how many exits they make (the same number of batches, 256 times more
 //! iterations per batch); everything else — VM setup, threads, reading the results — is the
-//! same, so any allocation per exit shows up as a difference.
+//! same, so any allocation per exit shows up as a difference (of thousands; the test allows a
+//! few that depend on thread scheduling).
 
 #![cfg(all(target_os = "linux", target_arch = "aarch64"))]
 
@@ -59,6 +60,9 @@ fn allocations(hv: &KvmHypervisor, case: Case, batch: u64, vmm_time: bool) -> (u
     assert!(report.per_iteration.is_some());
     (after - before, exits)
 }
+
+/// Allocations that may come or go with thread scheduling, independent of the exit count.
+const SLACK: u64 = 4;
 
 #[test]
 fn the_run_loop_does_not_allocate_per_exit() {
