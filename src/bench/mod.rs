@@ -301,7 +301,8 @@ pub fn run_case<H: Hypervisor>(
         exits as f64 / (u64::from(cpus) * batches * config.batch) as f64
     });
     let vmm = case.exit_kind().and_then(|k| stats.kind(k).summary());
-    Ok(CaseReport::measured(case, config, &per_vcpu, exits_per_iteration, vmm, wall))
+    let what = case.what(hv.name());
+    Ok(CaseReport::measured(case, what, config, &per_vcpu, exits_per_iteration, vmm, wall))
 }
 
 /// A thread that stops the VM as failed if it runs longer than `timeout`; dropping the returned

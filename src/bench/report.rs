@@ -87,6 +87,7 @@ impl CaseReport {
     /// A measured case: `per_vcpu` holds each vCPU's counter frequency and batch tick deltas.
     pub fn measured(
         case: Case,
+        what: &str,
         config: &BenchConfig,
         per_vcpu: &[(u64, Vec<u64>)],
         exits_per_iteration: Option<f64>,
@@ -106,7 +107,7 @@ impl CaseReport {
         CaseReport {
             case: case.name(),
             available: true,
-            what: String::new(),
+            what: what.to_string(),
             per_iteration: PerIteration::of(&batch_ns),
             per_vcpu_median_ns,
             exits_to_hvrun_per_iteration: exits_per_iteration,
@@ -302,6 +303,7 @@ mod tests {
         let per_vcpu = vec![(1_000_000_000, vec![2000, 2000]), (62_500_000, vec![125, 125])];
         let r = CaseReport::measured(
             Case::MmioRead,
+            "a load",
             &config(),
             &per_vcpu,
             Some(1.0),
@@ -318,6 +320,7 @@ mod tests {
         let per_vcpu = vec![(1_000_000_000, vec![3000, 2000])];
         let measured = CaseReport::measured(
             Case::MmioRead,
+            "a load",
             &config(),
             &per_vcpu,
             Some(1.0),
@@ -332,6 +335,7 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("sysreg            not available on KVM"), "{table}");
+        assert!(table.contains("  mmio-read: a load"), "{table}");
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
         assert_eq!(json["cases"][0]["per_iteration"]["median_ns"], 1000.0);
         assert_eq!(json["cases"][1]["available"], false);
