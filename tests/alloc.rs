@@ -78,9 +78,11 @@ fn the_run_loop_does_not_allocate_per_exit() {
             if vmm_time { "on" } else { "off" }
         );
         assert!(many_exits - few_exits > 9000);
-        assert_eq!(
-            many,
-            few,
+        // A handful of allocations outside the loop depend on thread timing (observed: 0 or 2
+        // more, in either run — e.g. a channel receiver that blocks or does not); one allocation
+        // per exit would add over 9000.
+        assert!(
+            many <= few + SLACK,
             "{} more exits made {} more allocations",
             many_exits - few_exits,
             many as i64 - few as i64
