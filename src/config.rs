@@ -10,6 +10,7 @@ use boot::{KernelError, KernelImage};
 use devices::block::{DiskError, DiskImage, SyncMode};
 
 use crate::hv::HostLimits;
+use crate::stats::StatsFormat;
 
 /// The default kernel command line: the 16550 as the console, and `earlycon` (which finds the
 /// UART through the FDT's stdout-path) so messages before the console driver are not lost.
@@ -161,6 +162,10 @@ pub struct VmConfig {
     pub console: ConsoleKind,
     /// Give the guest EL2 (`--nested`; Hypervisor.framework on macOS 15 with an M3 or later).
     pub nested: bool,
+    /// Print exit statistics when the VM stops (`--stats`).
+    pub stats: Option<StatsFormat>,
+    /// Print every exit, rate-limited (`--trace-exits`).
+    pub trace_exits: bool,
 }
 
 /// The user's choices as given on the command line, before checking.
@@ -175,6 +180,8 @@ pub struct VmArgs {
     pub no_reboot: bool,
     pub console: ConsoleKind,
     pub nested: bool,
+    pub stats: Option<StatsFormat>,
+    pub trace_exits: bool,
 }
 
 impl VmConfig {
@@ -233,6 +240,8 @@ impl VmConfig {
             reboot: !args.no_reboot,
             console: args.console,
             nested: args.nested,
+            stats: args.stats,
+            trace_exits: args.trace_exits,
         })
     }
 

@@ -5,11 +5,14 @@
 //! → exits → the device bus → devices → guest memory and interrupt lines.
 
 pub mod arch;
+pub mod bench;
 pub mod boot_time;
 pub mod config;
 pub mod console;
 pub mod exit_code;
 pub mod hv;
+pub mod stats;
 pub mod stop;
+pub mod trace;
 pub mod vcpu;
 pub mod vmm;

@@ -3,19 +3,25 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
+use hvrun::bench::{BenchConfig, Case};
 use hvrun::config::{parse_size, ConsoleKind, VmArgs, VmConfig};
 use hvrun::exit_code;
+use hvrun::stats::StatsFormat;
 
 /// Boot an arm64 Linux guest on Hypervisor.framework (macOS) or KVM (arm64 Linux).
 #[derive(Parser, Debug)]
-#[command(version, about, after_help = EXIT_CODES)]
+#[command(version, about, after_help = EXIT_CODES, subcommand_negates_reqs = true,
+          args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Kernel: an arm64 `Image`, gzip'd Image (`vmlinuz`) or EFI zboot image.
-    #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
+    #[arg(long, value_name = "PATH", required = true)]
+    kernel: Option<PathBuf>,
     /// Initial ramdisk (initramfs) to hand to the kernel.
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
@@ -44,6 +50,48 @@ struct Cli {
     /// M3 or later chip; the guest kernel starts at EL2 and calls PSCI with SMC).
     #[arg(long)]
     nested: bool,
+    /// When the VM stops, print per-exit-reason counts and hvrun's handling time per exit
+    /// (per vCPU and in total) to stderr, as a table or as JSON.
+    #[arg(long, value_name = "table|json", num_args = 0..=1, default_missing_value = "table")]
+    stats: Option<StatsFormat>,
+    /// Print every exit on one line to stderr (rate-limited: 1000 lines, then 200 a second).
+    #[arg(long)]
+    trace_exits: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Measure what VM exits cost with built-in micro-guests (no kernel needed).
+    Bench(BenchCli),
+}
+
+/// `hvrun bench`: built-in micro-guests time a batch of exits with the guest's virtual counter.
+#[derive(clap::Args, Debug)]
+struct BenchCli {
+    /// Cases to run [default: all]: nop, hvc, mmio-read, mmio-write, mmio-read-kernel, sysreg.
+    #[arg(value_name = "CASE")]
+    cases: Vec<Case>,
+    /// Measured iterations per vCPU and case (rounded up to whole batches).
+    #[arg(long, value_name = "N", default_value_t = 65536)]
+    iterations: u64,
+    /// Iterations per batch (one pair of counter reads per batch).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    batch: u64,
+    /// vCPUs running the micro-guest at the same time (one VM with N vCPUs).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    cpus: u32,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also draw the latency distributions into an SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// Do not time hvrun's handling of each exit (to measure what that timing costs).
+    #[arg(long)]
+    no_vmm_time: bool,
+    /// Give up on a case after this many seconds.
+    #[arg(long, value_name = "S", default_value_t = 600)]
+    timeout: u64,
 }
 
 /// `--console` values.
@@ -67,8 +115,14 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Bench(bench)) = cli.command {
+        return ExitCode::from(run_bench(bench) as u8);
+    }
+    let Some(kernel) = cli.kernel else {
+        return fail(exit_code::USAGE, "--kernel PATH is required");
+    };
     let args = VmArgs {
-        kernel: cli.kernel,
+        kernel,
         initrd: cli.initrd,
         cmdline: cli.cmdline,
         mem: cli.mem,
@@ -80,6 +134,8 @@ fn main() -> ExitCode {
             ConsoleArg::Virtio => ConsoleKind::Virtio,
         },
         nested: cli.nested,
+        stats: cli.stats,
+        trace_exits: cli.trace_exits,
     };
     let config = match VmConfig::from_args(&args) {
         Ok(config) => config,
@@ -92,11 +148,6 @@ fn main() -> ExitCode {
 fn fail(code: i32, message: &str) -> ExitCode {
     ExitCode::from(fail_code(code, message) as u8)
 }
-
-/// The message for hosts that cannot run arm64 guests at all.
-#[cfg(not(any(all(target_os = "linux", target_arch = "aarch64"), target_os = "macos")))]
-const NO_BACKEND: &str = "this host cannot run arm64 guests: hvrun needs an Apple Silicon Mac \
-    (Hypervisor.framework) or arm64 Linux with /dev/kvm";
 
 #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
 fn run(config: &VmConfig) -> i32 {
@@ -151,7 +202,11 @@ fn run_on<H: hvrun::hv::Hypervisor>(hv: &H, config: &VmConfig) -> i32 {
     let console = Console::start();
     let result = hvrun::vmm::run(hv, config, &console);
     drop(console); // restores the terminal before anything more is printed
-    match result.map(|summary| summary.outcome) {
+    let result = result.map(|report| {
+        print_observations(&report, config.stats);
+        report.outcome
+    });
+    match result {
         Ok(VmOutcome::Failed(why)) => fail_code(exit_code::FAILED, &why),
         Ok(outcome) => {
             if outcome == VmOutcome::GuestPanic {
@@ -172,4 +227,106 @@ fn run(_config: &VmConfig) -> i32 {
 fn fail_code(code: i32, message: &str) -> i32 {
     eprintln!("hvrun: {message}");
     code
+}
+
+/// Prints `--stats` and the `--trace-exits` summary to stderr.
+#[cfg(any(all(target_os = "linux", target_arch = "aarch64"), target_os = "macos"))]
+fn print_observations(report: &hvrun::vmm::RunReport, format: Option<StatsFormat>) {
+    if let Some(summary) = &report.trace_summary {
+        eprintln!("{summary}");
+    }
+    match (&report.stats, format) {
+        (Some(stats), Some(StatsFormat::Json)) => eprintln!("{}", stats.to_json()),
+        (Some(stats), _) => eprint!("{}", stats.to_table()),
+        (None, _) => {}
+    }
+}
+
+/// The message for hosts that cannot run arm64 guests at all.
+const NO_BACKEND: &str = "this host cannot run arm64 guests: hvrun needs an Apple Silicon Mac \
+                          (Hypervisor.framework) or arm64 Linux with /dev/kvm";
+
+/// Checks the bench options and runs the cases on this host's backend.
+fn run_bench(cli: BenchCli) -> i32 {
+    if cli.iterations == 0 || cli.batch == 0 {
+        eprintln!("hvrun bench: --iterations and --batch must be at least 1");
+        return exit_code::USAGE;
+    }
+    if cli.cpus == 0 || cli.cpus > boot::layout::MAX_VCPUS {
+        eprintln!("hvrun bench: --cpus must be 1..={}", boot::layout::MAX_VCPUS);
+        return exit_code::USAGE;
+    }
+    if cli.iterations.div_ceil(cli.batch) > 1 << 20 {
+        eprintln!("hvrun bench: at most 1048576 batches (raise --batch)");
+        return exit_code::USAGE;
+    }
+    let config = BenchConfig {
+        cases: if cli.cases.is_empty() { Case::ALL.to_vec() } else { cli.cases },
+        iterations: cli.iterations,
+        batch: cli.batch,
+        cpus: cli.cpus,
+        vmm_time: !cli.no_vmm_time,
+        timeout: Duration::from_secs(cli.timeout),
+    };
+    let report = match bench_on_host(&config) {
+        Ok(report) => report,
+        Err(code) => return code,
+    };
+    if cli.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_table());
+    }
+    if let Some(path) = &cli.plot {
+        if let Err(e) = report.plot(path) {
+            eprintln!("hvrun bench: --plot {e}");
+            return exit_code::FAILED;
+        }
+    }
+    0
+}
+
+#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+fn bench_on_host(config: &BenchConfig) -> Result<hvrun::bench::BenchReport, i32> {
+    let hv = hvrun::hv::kvm::KvmHypervisor::open().map_err(|e| {
+        eprintln!("hvrun bench: {e}: {NO_BACKEND}");
+        exit_code::USAGE
+    })?;
+    bench_on(&hv, config)
+}
+
+#[cfg(target_os = "macos")]
+fn bench_on_host(config: &BenchConfig) -> Result<hvrun::bench::BenchReport, i32> {
+    use hvrun::hv::hvf::{HvfHypervisor, HvfOptions};
+    let hv = HvfHypervisor::open(HvfOptions::default()).map_err(|e| {
+        eprintln!("hvrun bench: {e}");
+        exit_code::USAGE
+    })?;
+    bench_on(&hv, config)
+}
+
+/// Runs the bench cases on `hv`.
+#[cfg(any(all(target_os = "linux", target_arch = "aarch64"), target_os = "macos"))]
+fn bench_on<H: hvrun::hv::Hypervisor>(
+    hv: &H,
+    config: &BenchConfig,
+) -> Result<hvrun::bench::BenchReport, i32> {
+    if config.cpus > hv.limits().max_vcpus {
+        eprintln!(
+            "hvrun bench: --cpus {}: this host allows at most {}",
+            config.cpus,
+            hv.limits().max_vcpus
+        );
+        return Err(exit_code::USAGE);
+    }
+    hvrun::bench::run(hv, config).map_err(|e| {
+        eprintln!("hvrun bench: {e}");
+        exit_code::FAILED
+    })
+}
+
+#[cfg(not(any(all(target_os = "linux", target_arch = "aarch64"), target_os = "macos")))]
+fn bench_on_host(_config: &BenchConfig) -> Result<hvrun::bench::BenchReport, i32> {
+    eprintln!("hvrun bench: {NO_BACKEND}");
+    Err(exit_code::USAGE)
 }

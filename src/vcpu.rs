@@ -10,11 +10,14 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
+use std::time::Instant;
 
 use devices::MmioBus;
 
 use crate::hv::{Kicker, Reg, SystemEvent, Vcpu, Vm, VmEntry, VmExit};
+use crate::stats::{ExitKind, ExitStats};
 use crate::stop::{StopSignal, VmOutcome};
+use crate::trace::ExitTracer;
 
 /// What the loop does after an exit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,9 +71,53 @@ fn log_unclaimed(addr: u64, size: u8, what: &str) {
     }
 }
 
+/// What one vCPU thread records about its exits, when asked (`--stats`, `--trace-exits`).
+/// When both are off the loop pays one predictable branch per exit.
+#[derive(Default)]
+pub struct ExitObserver {
+    /// Counts and handling times, owned by this vCPU's thread (merged after it stops).
+    pub stats: Option<ExitStats>,
+    /// The VM's exit tracer, shared by its vCPUs.
+    pub tracer: Option<Arc<ExitTracer>>,
+}
+
+impl ExitObserver {
+    /// Records nothing.
+    pub fn off() -> Self {
+        Self::default()
+    }
+
+    fn is_off(&self) -> bool {
+        self.stats.is_none() && self.tracer.is_none()
+    }
+
+    /// Handles `exit`, timing the handling into the stats and tracing it.
+    fn observe(&mut self, index: u32, exit: VmExit, bus: &MmioBus) -> ExitAction {
+        let start = Instant::now();
+        let action = handle_exit(exit, bus);
+        if let Some(stats) = &mut self.stats {
+            stats.record(ExitKind::of(&exit), start.elapsed());
+        }
+        if let Some(tracer) = &self.tracer {
+            tracer.trace(index, &exit, &action, bus);
+        }
+        action
+    }
+}
+
 /// Runs `vcpu` until the VM stops. Returns when [`StopSignal::is_stopping`] is seen.
-pub fn run_loop<V: Vcpu>(vcpu: &mut V, index: u32, bus: &MmioBus, stop: &StopSignal) {
+///
+/// This is the hot path: one `Vcpu::run` (one KVM_RUN) per exit, no allocation, no lock other
+/// than the one device the exit touches, no logging unless `observer` asks for tracing.
+pub fn run_loop<V: Vcpu>(
+    vcpu: &mut V,
+    index: u32,
+    bus: &MmioBus,
+    stop: &StopSignal,
+    observer: &mut ExitObserver,
+) {
     let mut entry = VmEntry::Resume;
+    let observing = !observer.is_off();
     while !stop.is_stopping() {
         let exit = match vcpu.run(entry) {
             Ok(exit) => exit,
@@ -79,7 +126,9 @@ pub fn run_loop<V: Vcpu>(vcpu: &mut V, index: u32, bus: &MmioBus, stop: &StopSig
                 return;
             }
         };
-        match handle_exit(exit, bus) {
+        let action =
+            if observing { observer.observe(index, exit, bus) } else { handle_exit(exit, bus) };
+        match action {
             ExitAction::Resume(next) => entry = next,
             ExitAction::Stop(outcome) => {
                 stop.request(outcome);
@@ -101,26 +150,35 @@ pub struct VcpuThread<V: Vm> {
     pub created: Sender<Result<(), String>>,
     /// `true` once every vCPU exists and the VM is finalised; `false` (or a hang-up) to give up.
     pub go: Receiver<bool>,
+    /// Keep exit statistics (`--stats`).
+    pub stats: bool,
+    /// Trace exits (`--trace-exits`).
+    pub tracer: Option<Arc<ExitTracer>>,
 }
 
 impl<V: Vm> VcpuThread<V> {
     /// The thread body: create the vCPU here (Hypervisor.framework requires it), report, wait
-    /// for the go signal, run.
-    pub fn run(self) {
+    /// for the go signal, run. Returns the vCPU's exit statistics when they were asked for.
+    pub fn run(self) -> Option<ExitStats> {
         let _panic_guard = PanicGuard { stop: &self.stop, index: self.index };
         let mut vcpu = match self.create() {
             Ok(vcpu) => vcpu,
             Err(e) => {
                 let _ = self.created.send(Err(e));
-                return;
+                return None;
             }
         };
         let kicker = vcpu.kicker();
         self.stop.add_kick(move || kicker.kick());
         if self.created.send(Ok(())).is_err() || !self.go.recv().unwrap_or(false) {
-            return;
+            return None;
         }
-        run_loop(&mut vcpu, self.index, &self.bus, &self.stop);
+        let mut observer = ExitObserver {
+            stats: self.stats.then(ExitStats::default),
+            tracer: self.tracer.clone(),
+        };
+        run_loop(&mut vcpu, self.index, &self.bus, &self.stop, &mut observer);
+        observer.stats
     }
 
     fn create(&self) -> Result<V::Vcpu, String> {

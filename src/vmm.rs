@@ -3,6 +3,7 @@
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use boot::fdt::IRQ_TYPE_LEVEL_HIGH;
 use boot::layout::{self, RAM_BASE};
@@ -21,8 +22,10 @@ use crate::arch::aarch64::{boot_registers, mpidr_for_vcpu};
 use crate::boot_time::{BootClock, BootTimeSlot, GuestBootTime};
 use crate::config::{ConsoleKind, VmConfig};
 use crate::console::{Console, InputSink};
-use crate::hv::{HvError, Hypervisor, MemoryPerms, Vm, VmSpec};
+use crate::hv::{HvError, Hypervisor, MemoryPerms, Reg, Vm, VmSpec};
+use crate::stats::{ExitStats, RunStats};
 use crate::stop::{StopSignal, VmOutcome};
+use crate::trace::ExitTracer;
 use crate::vcpu::VcpuThread;
 
 /// Why a VM could not be built or run.
@@ -52,12 +55,16 @@ pub enum VmmError {
     VcpuCreate(String),
 }
 
-/// How a run ended, and what was measured on the way.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RunSummary {
+/// How a run ended, and what it measured.
+#[derive(Debug)]
+pub struct RunReport {
     pub outcome: VmOutcome,
     /// The last boot's time to userspace, if the guest's init wrote the boot-time probe.
     pub boot_time: Option<GuestBootTime>,
+    /// Exit statistics, with `--stats`.
+    pub stats: Option<RunStats>,
+    /// The `--trace-exits` closing line (shown and dropped counts).
+    pub trace_summary: Option<String>,
 }
 
 /// Runs the configured guest until it powers off, panics, or (with `reboot` off) resets.
@@ -66,27 +73,39 @@ pub fn run<H: Hypervisor>(
     hv: &H,
     config: &VmConfig,
     console: &Console,
-) -> Result<RunSummary, VmmError> {
+) -> Result<RunReport, VmmError> {
+    let mut stats = config.stats.map(|_| RunStats::default());
+    let tracer = config.trace_exits.then(|| Arc::new(ExitTracer::default()));
     loop {
         let boot_time = BootTimeSlot::default();
-        let outcome = run_once(hv, config, console, &boot_time)?;
+        let (outcome, vcpu_stats, run_time) =
+            run_once(hv, config, console, tracer.clone(), &boot_time)?;
+        if let Some(stats) = &mut stats {
+            stats.add_run(vcpu_stats, run_time);
+        }
         if outcome == VmOutcome::Reset && config.reboot {
             log::info!("guest reset: rebooting");
             continue;
         }
         let boot_time = *boot_time.lock().unwrap_or_else(|p| p.into_inner());
-        return Ok(RunSummary { outcome, boot_time });
+        if let Some(stats) = &mut stats {
+            stats.boot_time = boot_time;
+        }
+        let trace_summary = tracer.map(|t| t.summary());
+        return Ok(RunReport { outcome, boot_time, stats, trace_summary });
     }
 }
 
-/// Builds the VM, runs it, and tears it down. The guest's boot time, if it reports one, lands
-/// in `boot_time`.
+/// Builds the VM, runs it, and tears it down. Returns how it ended, the vCPUs' exit statistics
+/// (empty without `--stats`) and how long the vCPUs ran; the guest's boot time, if it reports
+/// one, lands in `boot_time`.
 fn run_once<H: Hypervisor>(
     hv: &H,
     config: &VmConfig,
     console: &Console,
+    tracer: Option<Arc<ExitTracer>>,
     boot_time: &BootTimeSlot,
-) -> Result<VmOutcome, VmmError> {
+) -> Result<(VmOutcome, Vec<ExitStats>, std::time::Duration), VmmError> {
     let clock = BootClock::start();
     // Declared before the VM so it is dropped after it: KVM or HVF may touch guest memory until
     // the VM is gone.
@@ -110,9 +129,19 @@ fn run_once<H: Hypervisor>(
     let entry = load_boot_images(hv, config, &memory, &devices.virtio_nodes)?;
 
     console.attach(devices.console_input, stop.clone());
-    let outcome = run_vcpus(vm, config.vcpus, entry, Arc::new(devices.bus), &stop);
+    let started = Instant::now();
+    let observe = Observe { stats: config.stats.is_some(), tracer };
+    let boot_regs = boot_registers(entry.kernel, entry.fdt);
+    let outcome = run_vcpus(vm, config.vcpus, &boot_regs, Arc::new(devices.bus), &stop, observe);
     console.detach();
-    outcome
+    let (outcome, stats) = outcome?;
+    Ok((outcome, stats, started.elapsed()))
+}
+
+/// What the vCPU threads record about their exits.
+pub(crate) struct Observe {
+    pub stats: bool,
+    pub tracer: Option<Arc<ExitTracer>>,
 }
 
 /// The VM's devices, as the rest of the build needs them.
@@ -263,21 +292,22 @@ fn fill_random(buf: &mut [u8]) {
     }
 }
 
-/// Starts one thread per vCPU, finalises the VM once all exist, and waits for the VM to stop.
-fn run_vcpus<V: Vm>(
+/// Starts one thread per vCPU (vCPU 0 with `boot_regs`), finalises the VM once all exist, and
+/// waits for the VM to stop.
+pub(crate) fn run_vcpus<V: Vm>(
     vm: Arc<V>,
     vcpus: u32,
-    entry: BootEntry,
+    boot_regs: &[(Reg, u64)],
     bus: Arc<MmioBus>,
     stop: &Arc<StopSignal>,
-) -> Result<VmOutcome, VmmError> {
+    observe: Observe,
+) -> Result<(VmOutcome, Vec<ExitStats>), VmmError> {
     let (created_tx, created_rx) = mpsc::channel();
     let mut threads = Vec::new();
     let mut go = Vec::new();
     for index in 0..vcpus {
         let (go_tx, go_rx) = mpsc::channel();
-        let initial_regs =
-            if index == 0 { boot_registers(entry.kernel, entry.fdt).to_vec() } else { Vec::new() };
+        let initial_regs = if index == 0 { boot_regs.to_vec() } else { Vec::new() };
         let thread = VcpuThread {
             vm: vm.clone(),
             index,
@@ -286,6 +316,8 @@ fn run_vcpus<V: Vm>(
             stop: stop.clone(),
             created: created_tx.clone(),
             go: go_rx,
+            stats: observe.stats,
+            tracer: observe.tracer.clone(),
         };
         let spawned =
             std::thread::Builder::new().name(format!("vcpu{index}")).spawn(move || thread.run());
@@ -324,12 +356,11 @@ fn run_vcpus<V: Vm>(
     }
 
     let outcome = stop.wait();
-    join_all(threads);
-    Ok(outcome)
+    let stats = join_all(threads);
+    Ok((outcome, stats))
 }
 
-fn join_all(threads: Vec<std::thread::JoinHandle<()>>) {
-    for t in threads {
-        let _ = t.join();
-    }
+/// Joins the vCPU threads and collects the exit statistics they kept (in vCPU order).
+fn join_all(threads: Vec<std::thread::JoinHandle<Option<ExitStats>>>) -> Vec<ExitStats> {
+    threads.into_iter().filter_map(|t| t.join().ok().flatten()).collect()
 }
