@@ -11,6 +11,7 @@ pub mod config;
 pub mod console;
 pub mod exit_code;
 pub mod hv;
+pub mod queue_notify;
 pub mod stats;
 pub mod stop;
 pub mod trace;

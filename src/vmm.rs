@@ -1,6 +1,7 @@
 //! Builds one VM — memory, devices, boot images, device tree, vCPU threads — runs it until it
 //! stops, and reboots it on request. The only module that knows every other one.
 
+use std::os::fd::OwnedFd;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -23,6 +24,7 @@ use crate::boot_time::{BootClock, BootTimeSlot, GuestBootTime};
 use crate::config::{ConsoleKind, VmConfig};
 use crate::console::{Console, InputSink};
 use crate::hv::{HvError, Hypervisor, MemoryPerms, Reg, Vm, VmSpec};
+use crate::queue_notify::{ioeventfd_enabled, QueueNotifyThread};
 use crate::stats::{ExitStats, RunStats};
 use crate::stop::{StopSignal, VmOutcome};
 use crate::trace::ExitTracer;
@@ -53,6 +55,8 @@ pub enum VmmError {
     Thread(u32, std::io::Error),
     #[error("creating vCPU failed: {0}")]
     VcpuCreate(String),
+    #[error("cannot start the queue-notification thread of {0}: {1}")]
+    NotifyThread(String, std::io::Error),
 }
 
 /// How a run ended, and what it measured.
@@ -125,7 +129,14 @@ fn run_once<H: Hypervisor>(
     }
 
     let stop = Arc::new(StopSignal::new());
-    let devices = build_devices(vm.as_ref(), &stop, config, &memory, clock, boot_time)?;
+    let mut devices = build_devices(vm.as_ref(), &stop, config, &memory, clock, boot_time)?;
+    // Started before the vCPUs, stopped and joined when this function returns.
+    let mut notify_threads = Vec::new();
+    for (name, transport, notifiers) in devices.queue_notifiers.drain(..) {
+        let thread = QueueNotifyThread::spawn(&name, transport, notifiers)
+            .map_err(|e| VmmError::NotifyThread(name, e))?;
+        notify_threads.push(thread);
+    }
     let entry = load_boot_images(hv, config, &memory, &devices.virtio_nodes)?;
 
     console.attach(devices.console_input, stop.clone());
@@ -151,7 +162,12 @@ struct Devices {
     console_input: Arc<dyn InputSink>,
     /// The virtio-mmio devices the device tree must describe.
     virtio_nodes: Vec<VirtioMmioNode>,
+    /// The virtio devices whose queue notifications bypass hvrun (KVM's ioeventfd).
+    queue_notifiers: Vec<NotifiedDevice>,
 }
+
+/// A virtio device's name, transport, and one notifier descriptor per queue.
+type NotifiedDevice = (String, Arc<Mutex<MmioTransport>>, Vec<(OwnedFd, u16)>);
 
 /// Puts the platform devices and the virtio devices on a new bus.
 fn build_devices<V: Vm>(
@@ -210,15 +226,31 @@ fn build_devices<V: Vm>(
 
     let mut console_port = None;
     let mut nodes = Vec::new();
+    let mut queue_notifiers = Vec::new();
+    let use_ioeventfd = ioeventfd_enabled();
     for (slot, (name, device)) in virtio.into_iter().enumerate() {
         let (base, spi) = u32::try_from(slot)
             .ok()
             .and_then(layout::virtio_mmio_slot)
             .ok_or_else(|| VmmError::NoSlot(name.clone()))?;
+        let queue_count = device.queue_max_sizes().len();
         let transport =
             Arc::new(Mutex::new(MmioTransport::new(device, memory.clone(), vm.irq_line(spi))?));
         if name == VIRTIO_CONSOLE {
             console_port = Some(ConsoleInputPort::new(console_input.clone(), transport.clone()));
+        }
+        if use_ioeventfd {
+            let mut notifiers = Vec::new();
+            for queue in 0..queue_count as u16 {
+                // QueueNotify takes the queue index (VIRTIO 1.2 §4.2.2, no NOTIFICATION_DATA).
+                let addr = base + devices::virtio::QUEUE_NOTIFY_OFFSET;
+                if let Some(fd) = vm.write_notifier(addr, u32::from(queue))? {
+                    notifiers.push((fd, queue));
+                }
+            }
+            if !notifiers.is_empty() {
+                queue_notifiers.push((name.clone(), transport.clone(), notifiers));
+            }
         }
         bus.insert(base, layout::VIRTIO_MMIO_SLOT_SIZE, name, transport)?;
         // virtio-mmio's interrupt is a level: InterruptStatus stays set until the driver
@@ -234,7 +266,7 @@ fn build_devices<V: Vm>(
         Some(port) => Arc::new(port),
         None => uart,
     };
-    Ok(Devices { bus, console_input, virtio_nodes: nodes })
+    Ok(Devices { bus, console_input, virtio_nodes: nodes, queue_notifiers })
 }
 
 /// The virtio console's name on the bus.

@@ -11,6 +11,7 @@
 //! address, size and permissions, and a running vCPU is stopped from another thread with a
 //! [`Kicker`].
 
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use boot::PsciConduit;
@@ -202,6 +203,15 @@ pub trait Vm: Send + Sync + 'static {
 
     /// The interrupt line of shared peripheral interrupt `spi` (interrupt ID `32 + spi`).
     fn irq_line(&self, spi: u32) -> Arc<dyn IrqLine>;
+
+    /// Asks the hypervisor to signal a file descriptor, instead of exiting to hvrun, when the
+    /// guest writes the 4-byte value `value` to `addr` — KVM's ioeventfd. The descriptor becomes
+    /// readable (an eventfd: read 8 bytes to clear it). `None` when the backend has no such
+    /// mechanism (Hypervisor.framework): the write then exits to hvrun as ordinary MMIO.
+    fn write_notifier(&self, addr: u64, value: u32) -> Result<Option<OwnedFd>> {
+        let _ = (addr, value);
+        Ok(None)
+    }
 }
 
 /// One virtual CPU, owned by the thread that created it.

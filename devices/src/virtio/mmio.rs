@@ -32,6 +32,10 @@ pub const VENDOR_ID: u32 = u32::from_le_bytes(*b"HVRN");
 const CONFIG_SPACE: u64 = VIRTIO_MMIO_CONFIG as u64;
 /// The size of one virtio-mmio slot on the bus.
 pub const MMIO_REGION_SIZE: u64 = 0x1000;
+
+/// Offset of QueueNotify, the register a driver writes a queue's index to (§4.2.2): the one
+/// write a hypervisor can complete without the VMM (KVM's ioeventfd).
+pub const QUEUE_NOTIFY_OFFSET: u64 = VIRTIO_MMIO_QUEUE_NOTIFY as u64;
 /// Bit of `VIRTIO_F_VERSION_1`, which the transport offers and requires.
 const VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
 

@@ -21,7 +21,7 @@ use vm_memory::GuestMemoryMmap;
 
 pub use console::{ConsoleInput, ConsoleInputPort, VirtioConsole};
 pub use interrupt::VirtioInterrupt;
-pub use mmio::{MmioTransport, MMIO_REGION_SIZE};
+pub use mmio::{MmioTransport, MMIO_REGION_SIZE, QUEUE_NOTIFY_OFFSET};
 pub use rng::VirtioRng;
 
 /// Device types (VIRTIO 1.2 §5), as the DeviceID register reports them.

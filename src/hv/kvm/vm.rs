@@ -10,7 +10,9 @@ use kvm_bindings::{
     KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_GRP_NR_IRQS,
     KVM_MEM_READONLY, KVM_VGIC_V3_ADDR_TYPE_DIST, KVM_VGIC_V3_ADDR_TYPE_REDIST,
 };
-use kvm_ioctls::{DeviceFd, Kvm, VmFd};
+use kvm_ioctls::{DeviceFd, IoEventAddress, Kvm, VmFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::vcpu::KvmVcpu;
 use crate::hv::{HvError, MemoryPerms, Result, Vm, VmSpec};
@@ -128,6 +130,17 @@ impl Vm for KvmVm {
         // (api.rst §4.25); SPIs are IDs 32 and up.
         let irq = (KVM_ARM_IRQ_TYPE_SPI << KVM_ARM_IRQ_TYPE_SHIFT) | (32 + spi);
         Arc::new(KvmIrqLine { vm: self.fd.clone(), irq })
+    }
+
+    fn write_notifier(&self, addr: u64, value: u32) -> Result<Option<OwnedFd>> {
+        let event = EventFd::new(EFD_NONBLOCK).map_err(|e| HvError::new("eventfd", e))?;
+        // A u32 datamatch makes KVM match 4-byte writes of exactly `value` (api.rst §4.59,
+        // KVM_IOEVENTFD); other writes to the address still exit as MMIO.
+        self.fd
+            .register_ioevent(&event, &IoEventAddress::Mmio(addr), value)
+            .map_err(|e| HvError::new(format!("KVM_IOEVENTFD at {addr:#x}"), e))?;
+        // SAFETY: into_raw_fd hands over sole ownership of a valid, open descriptor.
+        Ok(Some(unsafe { OwnedFd::from_raw_fd(event.into_raw_fd()) }))
     }
 }
 
