@@ -242,7 +242,8 @@ fn print_observations(report: &hvrun::vmm::RunReport, format: Option<StatsFormat
     }
 }
 
-/// The message for hosts that cannot run arm64 guests at all.
+/// The message for hosts that cannot run arm64 guests at all (and for a KVM that fails to open).
+#[cfg(not(target_os = "macos"))]
 const NO_BACKEND: &str = "this host cannot run arm64 guests: hvrun needs an Apple Silicon Mac \
                           (Hypervisor.framework) or arm64 Linux with /dev/kvm";
 
