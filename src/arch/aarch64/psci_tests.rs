@@ -136,3 +136,34 @@ fn hvc_pc_is_already_advanced_smc_pc_is_not() {
     assert_eq!(pc_after_call(PsciConduit::Smc, 0x4000_0100), 0x4000_0104);
     assert_eq!(pc_after_call(PsciConduit::Smc, u64::MAX - 3), 0, "wraps, never panics");
 }
+
+#[test]
+fn the_kvm_conformance_sequence() {
+    // tests/conformance/psci.rs makes these calls on KVM; here they go through hvrun's own
+    // policy, as on Hypervisor.framework. Comments mark where KVM (Linux 6.1) answers otherwise.
+    use crate::arch::aarch64::power::{CpuStart, PowerWait, VcpuPowerStates};
+    let states = VcpuPowerStates::new(vec![0x8000_0000, 0x8000_0001]);
+    let call = |x0: u32, x1: u64, x2: u64, x3: u64| {
+        handle_call(&SmcccCall::new(0, u64::from(x0), x1, x2, x3), &states)
+    };
+    let (entry, context_id) = (0x4000_0080, 0x0123_4567_89ab_cdef);
+    let ret = |v| PsciAction::Return(v);
+
+    assert_eq!(call(PSCI_VERSION, 0, 0, 0), ret(PSCI_VERSION_1_1)); // KVM 6.1: 1.1 too
+    assert_eq!(call(AFFINITY_INFO_64, 1, 0, 0), ret(affinity::OFF));
+    // KVM: INVALID_PARAMETERS, bit 31 is outside its MPIDR_HWID_BITMASK.
+    assert_eq!(call(AFFINITY_INFO_64, 0x8000_0001, 0, 0), ret(affinity::OFF));
+    let PsciAction::CpuOn(request) = call(CPU_ON_64, 1, entry, context_id) else {
+        panic!("CPU_ON of an Off vCPU must start it");
+    };
+    assert_eq!(states.cpu_on(&request), ret::SUCCESS);
+    // KVM: ON at once; here ON_PENDING until the target's thread has loaded its registers.
+    assert_eq!(call(AFFINITY_INFO_64, 1, 0, 0), ret(affinity::ON_PENDING));
+    assert_eq!(states.wait_for_start(1), PowerWait::Start(CpuStart { entry, context_id }));
+    states.running(1);
+    assert_eq!(call(AFFINITY_INFO_64, 1, 0, 0), ret(affinity::ON));
+    // KVM: ON (it implements affinity levels 1-3); here level 0 only.
+    assert_eq!(call(AFFINITY_INFO_64, 0, 1, 0), ret(ret::INVALID_PARAMETERS));
+    assert_eq!(call(CPU_ON_64, 1, entry, context_id), ret(ret::ALREADY_ON));
+    assert_eq!(call(SYSTEM_OFF, 0, 0, 0), PsciAction::SystemOff);
+}
