@@ -94,6 +94,12 @@ const MAX_GUEST_WORDS: usize = 30;
 
 /// hvrun booting the test kernel and initramfs with the whole kernel command line given.
 pub fn guest_with_cmdline(extra_args: &[&str], cmdline: &str) -> Command {
+    guest_with_initrd(&artifacts().join("guest-initrd.cpio.gz"), extra_args, cmdline)
+}
+
+/// hvrun booting the test kernel with `initrd` (e.g. the test initramfs with more archives
+/// appended) and the whole kernel command line given.
+pub fn guest_with_initrd(initrd: &std::path::Path, extra_args: &[&str], cmdline: &str) -> Command {
     if let Some((_, init_args)) = cmdline.split_once(" -- ") {
         let words = init_args.split_whitespace().count();
         assert!(
@@ -109,7 +115,7 @@ pub fn guest_with_cmdline(extra_args: &[&str], cmdline: &str) -> Command {
     let dir = artifacts();
     let mut cmd = hvrun();
     cmd.arg("--kernel").arg(dir.join("Image"));
-    cmd.arg("--initrd").arg(dir.join("guest-initrd.cpio.gz"));
+    cmd.arg("--initrd").arg(initrd);
     cmd.args(["--cmdline", cmdline]);
     cmd.args(extra_args);
     cmd

@@ -11,6 +11,8 @@
 #                         HVRUN-GUEST-EXIT=<status> and powers off (no command: a shell)
 #   host-initrd.cpio.gz   initramfs of the OUTER emulated machine (tests/harness/arm64-vm):
 #                         mounts the 9p share at hvrun.share=PATH, runs `sh hvrun.script=PATH`
+#   e2fsprogs.cpio.gz     mkfs.ext4/e2fsck/debugfs with their libraries, to append to the guest
+#                         initramfs; e2fsprogs/: the same files, for the emulated machine
 #   kernel-version        e.g. 6.1.0-56-arm64;  config: that kernel's build configuration
 #
 # The kernel is whatever Debian's linux-image-arm64 depends on today (mirrors drop old builds);
@@ -49,14 +51,22 @@ kernel_pkg=$(apt-cache depends "$kernel_meta:arm64" 2>/dev/null |
 [ -n "$kernel_pkg" ] || die "cannot resolve $kernel_meta:arm64: run tests/setup-host.sh"
 kernel_version=${kernel_pkg#linux-image-}
 kernel_version=${kernel_version%-unsigned}
-versions=$(apt-cache show --no-all-versions "$kernel_pkg:arm64" busybox-static:arm64 2>/dev/null |
+# e2fsprogs and the libraries its tools load, for the ext4 test: mkfs in the guest, fsck on the
+# host side.
+e2fs_pkgs=(e2fsprogs libext2fs2 libcom-err2 libblkid1 libuuid1 libss2 libc6)
+versions=$(apt-cache show --no-all-versions "$kernel_pkg:arm64" busybox-static:arm64 \
+        "${e2fs_pkgs[@]/%/:arm64}" 2>/dev/null |
     awk '/^Package:/ { name = $2 } /^Version:/ { print name, $2 }')
 kernel_deb_version=$(awk -v p="$kernel_pkg" '$1 == p { print $2 }' <<<"$versions")
 busybox_deb_version=$(awk '$1 == "busybox-static" { print $2 }' <<<"$versions")
 [ -n "$kernel_deb_version" ] && [ -n "$busybox_deb_version" ] ||
     die "no arm64 $kernel_pkg or busybox-static in apt's lists: run tests/setup-host.sh"
 
-stamp="$kernel_pkg=$kernel_deb_version busybox-static=$busybox_deb_version $(sha256sum <"${BASH_SOURCE[0]}" | cut -c1-16)"
+for pkg in "${e2fs_pkgs[@]}"; do
+    awk -v p="$pkg" '$1 == p { found = 1 } END { exit !found }' <<<"$versions" ||
+        die "no arm64 $pkg in apt's lists: run tests/setup-host.sh"
+done
+stamp="$kernel_pkg=$kernel_deb_version busybox-static=$busybox_deb_version $(tr '\n' ' ' <<<"$versions" | sha256sum | cut -c1-8) $(sha256sum <"${BASH_SOURCE[0]}" | cut -c1-16)"
 if [ "$(cat "$out/stamp" 2>/dev/null)" = "$stamp" ]; then
     say "up to date ($kernel_version)"
     exit 0
@@ -182,9 +192,37 @@ sync
 poweroff -f
 EOF
 
+# e2fsprogs: mkfs.ext4, e2fsck and debugfs with their shared libraries and the dynamic loader at
+# the paths the binaries expect. As e2fsprogs.cpio.gz it is appended to the guest initramfs by the
+# tests that need it (the kernel unpacks concatenated archives in order); as the directory
+# e2fsprogs/ the emulated machine runs the same binaries through the loader:
+#   e2fsprogs/lib/ld-linux-aarch64.so.1 --library-path e2fsprogs/lib/aarch64-linux-gnu e2fsprogs/usr/local/sbin/e2fsck
+e2fs=$work/e2fsprogs
+for pkg in "${e2fs_pkgs[@]}"; do
+    dpkg -x "$(download "$pkg" "$(awk -v p="$pkg" '$1 == p { print $2 }' <<<"$versions")")" "$work/e2fs-debs"
+done
+mkdir -p "$e2fs"/{lib/aarch64-linux-gnu,usr/local/sbin,etc}
+for tool in mke2fs e2fsck debugfs; do
+    cp "$(find "$work/e2fs-debs" -path "*sbin/$tool" | head -n1)" "$e2fs/usr/local/sbin/$tool"
+done
+ln -s mke2fs "$e2fs/usr/local/sbin/mkfs.ext4"
+cp "$work/e2fs-debs/etc/mke2fs.conf" "$e2fs/etc/"
+for lib in ld-linux-aarch64.so.1 libc.so.6 libext2fs.so.2 libe2p.so.2 libcom_err.so.2 libblkid.so.1 \
+           libuuid.so.1 libss.so.2; do
+    found=$(find -L "$work/e2fs-debs" -name "$lib" | head -n1)
+    [ -n "$found" ] || die "e2fsprogs: no $lib in ${e2fs_pkgs[*]}"
+    cp -L "$found" "$e2fs/lib/aarch64-linux-gnu/$lib"
+done
+ln -s aarch64-linux-gnu/ld-linux-aarch64.so.1 "$e2fs/lib/ld-linux-aarch64.so.1"
+(cd "$e2fs" && find . -print0 | LC_ALL=C sort -z |
+    cpio --null -o -H newc -R 0:0 --reproducible --quiet) | gzip -9 -n >"$work/e2fsprogs.cpio.gz"
+say "e2fsprogs.cpio.gz: $(du -h "$work/e2fsprogs.cpio.gz" | cut -f1)"
+
 echo "$kernel_version" >"$work/kernel-version"
-for file in Image Image.gz guest-initrd.cpio.gz host-initrd.cpio.gz config kernel-version; do
+for file in Image Image.gz guest-initrd.cpio.gz host-initrd.cpio.gz e2fsprogs.cpio.gz config kernel-version; do
     mv "$work/$file" "$out/$file"
 done
+rm -rf "$out/e2fsprogs"
+mv "$e2fs" "$out/e2fsprogs"
 echo "$stamp" >"$out/stamp"
 say "done: $out ($kernel_version)"
