@@ -170,15 +170,7 @@ pub fn run_answering(mut cmd: Command, prompt: &str, input: &[u8]) -> Run {
     let mut stdin = child.stdin.take();
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = drain(child.stderr.take());
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(stdout);
     let start = Instant::now();
     let mut lines = Vec::new();
     loop {
@@ -234,6 +226,20 @@ fn wait_with_deadline(mut child: Child, deadline: Duration) -> Output {
     }
 }
 
+/// Sends each line of `pipe` as it arrives, from a thread of its own.
+fn lines_of(pipe: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// Reads a pipe to the end on its own thread.
 fn drain(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
     let (tx, rx) = mpsc::channel();
@@ -252,15 +258,7 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
 pub fn run_until(mut cmd: Command, mut stop: impl FnMut(&str) -> bool) -> Vec<String> {
     let mut child = cmd.spawn().expect("cannot start hvrun");
     let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = lines_of(stdout);
     let start = Instant::now();
     let mut lines = Vec::new();
     let reached = loop {
