@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use boot::layout::{self, MIN_RAM};
 use boot::{KernelError, KernelImage};
-use devices::block::{DiskError, DiskImage, SyncMode};
+use devices::virtio::block::{DiskError, DiskImage, SyncMode};
 
 use crate::hv::HostLimits;
 use crate::stats::StatsFormat;

@@ -1,6 +1,6 @@
 //! hvrun's process exit codes, so scripts can tell how a guest ended.
 
-use crate::stop::VmOutcome;
+use crate::control::VmOutcome;
 
 /// The guest powered off (PSCI SYSTEM_OFF).
 pub const POWER_OFF: i32 = 0;

@@ -193,8 +193,8 @@ fn run(config: &VmConfig) -> i32 {
 /// Runs the VM on `hv` and turns the way it ended into an exit code.
 #[cfg(any(all(target_os = "linux", target_arch = "aarch64"), target_os = "macos"))]
 fn run_on<H: hvrun::hv::Hypervisor>(hv: &H, config: &VmConfig) -> i32 {
-    use hvrun::console::Console;
-    use hvrun::stop::VmOutcome;
+    use hvrun::control::VmOutcome;
+    use hvrun::terminal::Console;
 
     if let Err(e) = config.check_host(&hv.limits()) {
         return fail_code(exit_code::USAGE, &e.to_string());

@@ -204,7 +204,7 @@ mod tests {
             "vcpu1 mmio-write addr 0x00001234 size 4 value 0x7 (no device)\n"
         );
         let off = VmExit::System(SystemEvent::PowerOff);
-        let stop = ExitAction::Stop(crate::stop::VmOutcome::PowerOff);
+        let stop = ExitAction::Stop(crate::control::VmOutcome::PowerOff);
         assert_eq!(line(off, stop), "vcpu1 system     power-off\n");
         let hvc = VmExit::Handled(HandledExit::Hypercall);
         assert_eq!(line(hvc, ExitAction::Resume(VmEntry::Resume)), "vcpu1 hypercall\n");

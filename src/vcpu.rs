@@ -14,9 +14,9 @@ use std::time::Instant;
 
 use devices::MmioBus;
 
+use crate::control::{StopSignal, VmOutcome};
 use crate::hv::{Kicker, Reg, SystemEvent, Vcpu, Vm, VmEntry, VmExit};
 use crate::stats::{ExitKind, ExitStats};
-use crate::stop::{StopSignal, VmOutcome};
 use crate::trace::ExitTracer;
 
 /// What the loop does after an exit.

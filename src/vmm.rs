@@ -9,8 +9,8 @@ use std::time::Instant;
 use boot::fdt::IRQ_TYPE_LEVEL_HIGH;
 use boot::layout::{self, RAM_BASE};
 use boot::{fdt, BootPlacement, FdtConfig, VirtioMmioNode};
-use devices::block::VirtioBlock;
 use devices::pvpanic::GuestPanic;
+use devices::virtio::block::VirtioBlock;
 use devices::{
     BootProbe, ConsoleInput, ConsoleInputPort, MmioBus, MmioTransport, PvPanic, Uart16550,
     VirtioConsole, VirtioDevice, VirtioRng,
@@ -22,11 +22,11 @@ use vm_memory::{
 use crate::arch::aarch64::{boot_registers, mpidr_for_vcpu};
 use crate::boot_time::{BootClock, BootTimeSlot, GuestBootTime};
 use crate::config::{ConsoleKind, VmConfig};
-use crate::console::{Console, InputSink};
+use crate::control::{StopSignal, VmOutcome};
 use crate::hv::{HvError, Hypervisor, MemoryPerms, Reg, Vm, VmSpec};
 use crate::queue_notify::{ioeventfd_enabled, QueueNotifyThread};
 use crate::stats::{ExitStats, RunStats};
-use crate::stop::{StopSignal, VmOutcome};
+use crate::terminal::{Console, InputSink};
 use crate::trace::ExitTracer;
 use crate::vcpu::VcpuThread;
 

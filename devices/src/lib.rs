@@ -3,7 +3,6 @@
 //! That is what lets the same devices serve KVM and Hypervisor.framework, and be unit-tested on
 //! any host.
 
-pub mod block;
 pub mod boot_probe;
 pub mod bus;
 pub mod gic_v3;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use devices::BusDevice;
 
-use crate::stop::{StopSignal, VmOutcome};
+use crate::control::{StopSignal, VmOutcome};
 
 /// Offset of the DATA register: reads return the last value written (initially `"hvru"`).
 pub const DATA: u64 = 0x0;

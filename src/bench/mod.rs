@@ -22,9 +22,9 @@ use vm_memory::{
 };
 
 use crate::arch::aarch64::{mpidr_for_vcpu, PSTATE_EL1H_DAIF_MASKED};
+use crate::control::{StopSignal, VmOutcome};
 use crate::hv::{HvError, Hypervisor, MemoryPerms, Reg, Vm, VmSpec};
 use crate::stats::{ExitKind, ExitStats};
-use crate::stop::{StopSignal, VmOutcome};
 use crate::vmm::{run_vcpus, Observe, VmmError};
 use device::BenchDevice;
 use guest::{Op, Params};

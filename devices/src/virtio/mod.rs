@@ -5,6 +5,7 @@
 //! Threading is deliberately simple: a device sits behind the bus's per-device mutex, and a queue
 //! notification is served synchronously on the vCPU thread that wrote QueueNotify.
 
+pub mod block;
 pub mod console;
 pub mod interrupt;
 pub mod mmio;

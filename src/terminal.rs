@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use devices::{ConsoleInputPort, Uart16550};
 
-use crate::stop::{StopSignal, VmOutcome};
+use crate::control::{StopSignal, VmOutcome};
 
 /// The escape key: Ctrl-A, as in QEMU's `-nographic` and screen.
 const ESCAPE: u8 = 0x01;
