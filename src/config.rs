@@ -20,7 +20,7 @@ pub const DEFAULT_CMDLINE: &str = "console=ttyS0 earlycon";
 pub const DEFAULT_CMDLINE_VIRTIO_CONSOLE: &str = "console=hvc0 earlycon";
 
 /// Which guest device hvrun's stdin and stdout are attached to.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ConsoleKind {
     /// The 16550 UART, `ttyS0` (always present, for earlycon).
     #[default]
@@ -38,6 +38,8 @@ const MEM_GRANULE: u64 = 2 << 20;
 /// A user mistake, said so the user knows what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("--kernel PATH is required")]
+    NoKernel,
     #[error(transparent)]
     Kernel(#[from] KernelError),
     #[error("{flag} {path}: {source}")]
@@ -166,22 +168,67 @@ pub struct VmConfig {
     pub stats: Option<StatsFormat>,
     /// Print every exit, rate-limited (`--trace-exits`).
     pub trace_exits: bool,
+    /// Let the hypervisor complete queue notifications itself where it can (KVM's ioeventfd);
+    /// off with `HVRUN_IOEVENTFD=off`.
+    pub ioeventfd: bool,
 }
 
-/// The user's choices as given on the command line, before checking.
-#[derive(Clone, Debug, Default)]
+/// The user's choices as given on the command line, before checking: the one shape of "what
+/// VM to run" (clap fills it from the command line; `VmConfig::from_args` checks it).
+#[derive(clap::Args, Clone, Debug, Default)]
 pub struct VmArgs {
-    pub kernel: PathBuf,
+    /// Kernel: an arm64 `Image`, gzip'd Image (`vmlinuz`) or EFI zboot image.
+    #[arg(long, value_name = "PATH", required = true)]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk (initramfs) to hand to the kernel.
+    #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
+    /// Kernel command line [default: "console=ttyS0 earlycon", with --console virtio
+    /// "console=hvc0 earlycon"].
+    #[arg(long, value_name = "STR")]
     pub cmdline: Option<String>,
+    /// Guest RAM: MiB (2048) or with a unit (512M, 2G) [default: 512M].
+    #[arg(long, value_name = "SIZE", value_parser = check_size)]
     pub mem: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
     pub cpus: u32,
+    /// Raw disk image as a virtio-blk device (repeatable: vda, vdb, ...). Options: `ro`;
+    /// `sync=full` (default: flushes reach the medium), `fsync`, or `none`; `serial=ID`.
+    #[arg(long = "disk", value_name = "PATH[,ro][,sync=MODE][,serial=ID]")]
     pub disks: Vec<String>,
+    /// Exit with code 3 when the guest resets, instead of rebooting it.
+    #[arg(long)]
     pub no_reboot: bool,
+    /// The guest device on hvrun's stdin/stdout: `serial` (ttyS0) or `virtio` (hvc0; the UART
+    /// still prints early messages). Changes the default --cmdline to match.
+    #[arg(long, value_enum, default_value_t = ConsoleKind::Serial)]
     pub console: ConsoleKind,
+    /// Give the guest EL2, so it can run its own VMs (Hypervisor.framework on macOS 15 with an
+    /// M3 or later chip; the guest kernel starts at EL2 and calls PSCI with SMC).
+    #[arg(long)]
     pub nested: bool,
+    /// When the VM stops, print per-exit-reason counts and hvrun's handling time per exit
+    /// (per vCPU and in total) to stderr, as a table or as JSON.
+    #[arg(long, value_name = "table|json", num_args = 0..=1, default_missing_value = "table")]
     pub stats: Option<StatsFormat>,
+    /// Print every exit on one line to stderr (rate-limited: 1000 lines, then 200 a second).
+    #[arg(long)]
     pub trace_exits: bool,
+}
+
+/// Lets clap reject a malformed size with the parser's message.
+fn check_size(text: &str) -> Result<String, String> {
+    parse_size(text).map(|_| text.to_string())
+}
+
+/// The environment variable that turns KVM's ioeventfd off (`off` or `0`), to measure what it
+/// saves: every queue notification is then an MMIO exit to hvrun.
+pub const IOEVENTFD_ENV: &str = "HVRUN_IOEVENTFD";
+
+/// [`IOEVENTFD_ENV`]'s meaning: on unless `off` or `0`.
+fn ioeventfd_setting(value: Option<&str>) -> bool {
+    !matches!(value.map(str::trim), Some("off" | "0"))
 }
 
 impl VmConfig {
@@ -209,8 +256,9 @@ impl VmConfig {
         if cmdline.contains('\0') {
             return Err(ConfigError::CmdlineNul);
         }
-        check_readable("--kernel", &args.kernel)?;
-        let kernel = KernelImage::open(&args.kernel)?;
+        let kernel_path = args.kernel.as_deref().ok_or(ConfigError::NoKernel)?;
+        check_readable("--kernel", kernel_path)?;
+        let kernel = KernelImage::open(kernel_path)?;
         let initrd = match &args.initrd {
             Some(path) => Some(read_initrd(path)?),
             None => None,
@@ -242,6 +290,7 @@ impl VmConfig {
             nested: args.nested,
             stats: args.stats,
             trace_exits: args.trace_exits,
+            ioeventfd: ioeventfd_setting(std::env::var(IOEVENTFD_ENV).ok().as_deref()),
         })
     }
 
@@ -297,6 +346,16 @@ mod tests {
     use std::io::Write;
 
     #[test]
+    fn the_ioeventfd_knob_turns_it_off_and_anything_else_leaves_it_on() {
+        assert!(!ioeventfd_setting(Some("off")));
+        assert!(!ioeventfd_setting(Some("0")));
+        assert!(!ioeventfd_setting(Some(" off\n")));
+        assert!(ioeventfd_setting(None));
+        assert!(ioeventfd_setting(Some("on")));
+        assert!(ioeventfd_setting(Some("1")));
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("2048"), Ok(2048 << 20));
         assert_eq!(parse_size("512M"), Ok(512 << 20));
@@ -331,7 +390,7 @@ mod tests {
             Fixture { dir }
         }
         fn args(&self) -> VmArgs {
-            VmArgs { kernel: self.dir.join("Image"), cpus: 1, ..Default::default() }
+            VmArgs { kernel: Some(self.dir.join("Image")), cpus: 1, ..Default::default() }
         }
     }
 
@@ -369,11 +428,11 @@ mod tests {
     #[test]
     fn every_mistake_has_a_message() {
         let f = Fixture::new("mistakes");
-        let missing = VmArgs { kernel: f.dir.join("nope"), ..f.args() };
+        let missing = VmArgs { kernel: Some(f.dir.join("nope")), ..f.args() };
         assert!(err(&missing).starts_with("--kernel "), "{}", err(&missing));
-        let not_kernel = VmArgs { kernel: f.dir.join("not-a-kernel"), ..f.args() };
+        let not_kernel = VmArgs { kernel: Some(f.dir.join("not-a-kernel")), ..f.args() };
         assert!(err(&not_kernel).contains("is not an arm64 Linux kernel"));
-        let dir_kernel = VmArgs { kernel: f.dir.clone(), ..f.args() };
+        let dir_kernel = VmArgs { kernel: Some(f.dir.clone()), ..f.args() };
         assert!(err(&dir_kernel).contains("is a directory"));
         let small = VmArgs { mem: Some("32M".into()), ..f.args() };
         assert_eq!(err(&small), "--mem 32M: guest memory must be at least 64 MiB");

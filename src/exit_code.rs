@@ -14,6 +14,9 @@ pub const RESET: i32 = 3;
 pub const GUEST_PANIC: i32 = 4;
 /// The user quit with Ctrl-A x.
 pub const QUIT: i32 = 130;
+/// hvrun stopped the VM because of a termination signal: 128 + its number, as a shell reports
+/// a process a signal ended (SIGTERM: 143). hvrun exits this way only after a clean stop.
+pub const SIGNAL_BASE: i32 = 128;
 
 /// The exit code for how the VM ended.
 pub fn for_outcome(outcome: &VmOutcome) -> i32 {
@@ -22,6 +25,7 @@ pub fn for_outcome(outcome: &VmOutcome) -> i32 {
         VmOutcome::Reset => RESET,
         VmOutcome::GuestPanic => GUEST_PANIC,
         VmOutcome::Quit => QUIT,
+        VmOutcome::Signal(signal) => SIGNAL_BASE + signal,
         VmOutcome::Failed(_) => FAILED,
     }
 }
@@ -37,6 +41,7 @@ mod tests {
             for_outcome(&VmOutcome::Reset),
             for_outcome(&VmOutcome::GuestPanic),
             for_outcome(&VmOutcome::Quit),
+            for_outcome(&VmOutcome::Signal(libc::SIGTERM)),
             for_outcome(&VmOutcome::Failed(String::new())),
             USAGE,
         ];

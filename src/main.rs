@@ -8,9 +8,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use hvrun::bench::{BenchConfig, Case};
-use hvrun::config::{parse_size, ConsoleKind, VmArgs, VmConfig};
+use hvrun::config::{VmArgs, VmConfig};
 use hvrun::exit_code;
-use hvrun::stats::StatsFormat;
 
 /// Boot an arm64 Linux guest on Hypervisor.framework (macOS) or KVM (arm64 Linux).
 #[derive(Parser, Debug)]
@@ -19,44 +18,8 @@ use hvrun::stats::StatsFormat;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Kernel: an arm64 `Image`, gzip'd Image (`vmlinuz`) or EFI zboot image.
-    #[arg(long, value_name = "PATH", required = true)]
-    kernel: Option<PathBuf>,
-    /// Initial ramdisk (initramfs) to hand to the kernel.
-    #[arg(long, value_name = "PATH")]
-    initrd: Option<PathBuf>,
-    /// Kernel command line [default: "console=ttyS0 earlycon", with --console virtio
-    /// "console=hvc0 earlycon"].
-    #[arg(long, value_name = "STR")]
-    cmdline: Option<String>,
-    /// Guest RAM: MiB (2048) or with a unit (512M, 2G) [default: 512M].
-    #[arg(long, value_name = "SIZE", value_parser = check_size)]
-    mem: Option<String>,
-    /// Number of vCPUs.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    cpus: u32,
-    /// Raw disk image as a virtio-blk device (repeatable: vda, vdb, ...). Options: `ro`;
-    /// `sync=full` (default: flushes reach the medium), `fsync`, or `none`; `serial=ID`.
-    #[arg(long, value_name = "PATH[,ro][,sync=MODE][,serial=ID]")]
-    disk: Vec<String>,
-    /// Exit with code 3 when the guest resets, instead of rebooting it.
-    #[arg(long)]
-    no_reboot: bool,
-    /// The guest device on hvrun's stdin/stdout: `serial` (ttyS0) or `virtio` (hvc0; the UART
-    /// still prints early messages). Changes the default --cmdline to match.
-    #[arg(long, value_enum, default_value_t = ConsoleArg::Serial)]
-    console: ConsoleArg,
-    /// Give the guest EL2, so it can run its own VMs (Hypervisor.framework on macOS 15 with an
-    /// M3 or later chip; the guest kernel starts at EL2 and calls PSCI with SMC).
-    #[arg(long)]
-    nested: bool,
-    /// When the VM stops, print per-exit-reason counts and hvrun's handling time per exit
-    /// (per vCPU and in total) to stderr, as a table or as JSON.
-    #[arg(long, value_name = "table|json", num_args = 0..=1, default_missing_value = "table")]
-    stats: Option<StatsFormat>,
-    /// Print every exit on one line to stderr (rate-limited: 1000 lines, then 200 a second).
-    #[arg(long)]
-    trace_exits: bool,
+    #[command(flatten)]
+    vm: VmArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -94,21 +57,9 @@ struct BenchCli {
     timeout: u64,
 }
 
-/// `--console` values.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum ConsoleArg {
-    Serial,
-    Virtio,
-}
-
 const EXIT_CODES: &str = "Exit codes: 0 guest powered off · 1 hvrun failed · 2 bad usage or \
 unsupported host · 3 guest reset with --no-reboot · 4 guest kernel panicked · 130 quit (Ctrl-A x)\n\
 Console: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.";
-
-/// Lets clap reject a malformed size with the parser's message.
-fn check_size(text: &str) -> Result<String, String> {
-    parse_size(text).map(|_| text.to_string())
-}
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
@@ -118,26 +69,7 @@ fn main() -> ExitCode {
     if let Some(Command::Bench(bench)) = cli.command {
         return ExitCode::from(run_bench(bench) as u8);
     }
-    let Some(kernel) = cli.kernel else {
-        return fail(exit_code::USAGE, "--kernel PATH is required");
-    };
-    let args = VmArgs {
-        kernel,
-        initrd: cli.initrd,
-        cmdline: cli.cmdline,
-        mem: cli.mem,
-        cpus: cli.cpus,
-        disks: cli.disk,
-        no_reboot: cli.no_reboot,
-        console: match cli.console {
-            ConsoleArg::Serial => ConsoleKind::Serial,
-            ConsoleArg::Virtio => ConsoleKind::Virtio,
-        },
-        nested: cli.nested,
-        stats: cli.stats,
-        trace_exits: cli.trace_exits,
-    };
-    let config = match VmConfig::from_args(&args) {
+    let config = match VmConfig::from_args(&cli.vm) {
         Ok(config) => config,
         Err(e) => return fail(exit_code::USAGE, &e.to_string()),
     };
@@ -193,15 +125,18 @@ fn run(config: &VmConfig) -> i32 {
 /// Runs the VM on `hv` and turns the way it ended into an exit code.
 #[cfg(any(all(target_os = "linux", target_arch = "aarch64"), target_os = "macos"))]
 fn run_on<H: hvrun::hv::Hypervisor>(hv: &H, config: &VmConfig) -> i32 {
-    use hvrun::control::VmOutcome;
-    use hvrun::terminal::Console;
+    use std::sync::Arc;
+
+    use hvrun::control::{VmControl, VmOutcome};
+    use hvrun::terminal::Terminal;
 
     if let Err(e) = config.check_host(&hv.limits()) {
         return fail_code(exit_code::USAGE, &e.to_string());
     }
-    let console = Console::start();
-    let result = hvrun::vmm::run(hv, config, &console);
-    drop(console); // restores the terminal before anything more is printed
+    let control = Arc::new(VmControl::new());
+    let terminal = Terminal::start(control.clone());
+    let result = hvrun::vmm::run(hv, config, &terminal, &control);
+    drop(terminal); // writes out the guest's last output and restores the terminal first
     let result = result.map(|report| {
         print_observations(&report, config.stats);
         report.outcome
@@ -209,8 +144,10 @@ fn run_on<H: hvrun::hv::Hypervisor>(hv: &H, config: &VmConfig) -> i32 {
     match result {
         Ok(VmOutcome::Failed(why)) => fail_code(exit_code::FAILED, &why),
         Ok(outcome) => {
-            if outcome == VmOutcome::GuestPanic {
-                eprintln!("hvrun: the guest kernel panicked");
+            match outcome {
+                VmOutcome::GuestPanic => eprintln!("hvrun: the guest kernel panicked"),
+                VmOutcome::Signal(signal) => eprintln!("hvrun: stopped by signal {signal}"),
+                _ => {}
             }
             exit_code::for_outcome(&outcome)
         }
@@ -231,12 +168,12 @@ fn fail_code(code: i32, message: &str) -> i32 {
 
 /// Prints `--stats` and the `--trace-exits` summary to stderr.
 #[cfg(any(all(target_os = "linux", target_arch = "aarch64"), target_os = "macos"))]
-fn print_observations(report: &hvrun::vmm::RunReport, format: Option<StatsFormat>) {
+fn print_observations(report: &hvrun::vmm::RunReport, format: Option<hvrun::stats::StatsFormat>) {
     if let Some(summary) = &report.trace_summary {
         eprintln!("{summary}");
     }
     match (&report.stats, format) {
-        (Some(stats), Some(StatsFormat::Json)) => eprintln!("{}", stats.to_json()),
+        (Some(stats), Some(hvrun::stats::StatsFormat::Json)) => eprintln!("{}", stats.to_json()),
         (Some(stats), _) => eprint!("{}", stats.to_table()),
         (None, _) => {}
     }

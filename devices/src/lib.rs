@@ -7,6 +7,7 @@ pub mod boot_probe;
 pub mod bus;
 pub mod gic_v3;
 pub mod irq;
+pub mod notifier;
 pub mod pvpanic;
 pub mod serial;
 pub mod virtio;
@@ -14,6 +15,7 @@ pub mod virtio;
 pub use boot_probe::BootProbe;
 pub use bus::{BusDevice, BusError, MmioBus};
 pub use irq::IrqLine;
+pub use notifier::Notifier;
 pub use pvpanic::PvPanic;
 pub use serial::Uart16550;
 pub use virtio::{

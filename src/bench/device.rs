@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use devices::BusDevice;
 
-use crate::control::{StopSignal, VmOutcome};
+use crate::control::{VmControl, VmOutcome};
 
 /// Offset of the DATA register: reads return the last value written (initially `"hvru"`).
 pub const DATA: u64 = 0x0;
@@ -21,18 +21,18 @@ pub struct BenchDevice {
     /// vCPUs done so far, shared by all pages.
     done: Arc<AtomicU32>,
     vcpus: u32,
-    stop: Arc<StopSignal>,
+    control: Arc<VmControl>,
 }
 
 impl BenchDevice {
     /// A page for one of `vcpus` vCPUs; `done` is shared by all of them.
-    pub fn new(done: Arc<AtomicU32>, vcpus: u32, stop: Arc<StopSignal>) -> Self {
+    pub fn new(done: Arc<AtomicU32>, vcpus: u32, control: Arc<VmControl>) -> Self {
         BenchDevice {
             value: u64::from(u32::from_le_bytes(*b"hvru")),
             reported: false,
             done,
             vcpus,
-            stop,
+            control,
         }
     }
 }
@@ -51,7 +51,7 @@ impl BusDevice for BenchDevice {
             DONE if !self.reported => {
                 self.reported = true;
                 if self.done.fetch_add(1, Ordering::AcqRel) + 1 == self.vcpus {
-                    self.stop.request(VmOutcome::PowerOff);
+                    self.control.request_stop(VmOutcome::PowerOff);
                 }
             }
             _ => {}
@@ -65,17 +65,17 @@ mod tests {
 
     #[test]
     fn data_reads_back_and_the_last_done_stops_the_vm() {
-        let stop = Arc::new(StopSignal::new());
+        let control = Arc::new(VmControl::new());
         let done = Arc::new(AtomicU32::new(0));
-        let mut a = BenchDevice::new(done.clone(), 2, stop.clone());
-        let mut b = BenchDevice::new(done, 2, stop.clone());
+        let mut a = BenchDevice::new(done.clone(), 2, control.clone());
+        let mut b = BenchDevice::new(done, 2, control.clone());
         assert_eq!(a.read(DATA, 4), 0x7572_7668);
         a.write(DATA, 4, 42);
         assert_eq!(a.read(DATA, 4), 42);
         a.write(DONE, 4, 0);
         a.write(DONE, 4, 0);
-        assert!(!stop.is_stopping(), "one vCPU of two, counted once");
+        assert!(!control.is_stopping(), "one vCPU of two, counted once");
         b.write(DONE, 4, 0);
-        assert!(stop.is_stopping());
+        assert!(control.is_stopping());
     }
 }

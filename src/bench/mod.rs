@@ -16,16 +16,15 @@ use std::time::{Duration, Instant};
 
 use boot::layout::{self, RAM_BASE};
 use devices::MmioBus;
-use vm_memory::{
-    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    MemoryRegionAddress,
-};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::arch::aarch64::{mpidr_for_vcpu, PSTATE_EL1H_DAIF_MASKED};
-use crate::control::{StopSignal, VmOutcome};
-use crate::hv::{HvError, Hypervisor, MemoryPerms, Reg, Vm, VmSpec};
+use crate::control::{VmControl, VmOutcome};
+use crate::hv::{HandledExit, HvError, Hypervisor, Reg, VmSpec};
 use crate::stats::{ExitKind, ExitStats};
-use crate::vmm::{run_vcpus, Observe, VmmError};
+use crate::vmm::memory::GuestRam;
+use crate::vmm::vcpu::{start_vcpus, ExitObserver};
+use crate::vmm::{serve_until_stopped, VmmError};
 use device::BenchDevice;
 use guest::{Op, Params};
 pub use report::{BenchReport, CaseReport};
@@ -99,10 +98,10 @@ impl Case {
     /// The exit kind hvrun sees when the case's operation reaches it.
     fn exit_kind(self) -> Option<ExitKind> {
         match self {
-            Case::Hvc => Some(ExitKind::Hypercall),
+            Case::Hvc => Some(ExitKind::Handled(HandledExit::Hypercall)),
             Case::MmioRead | Case::MmioReadKernel => Some(ExitKind::MmioRead),
             Case::MmioWrite => Some(ExitKind::MmioWrite),
-            Case::SysReg => Some(ExitKind::SysReg),
+            Case::SysReg => Some(ExitKind::Handled(HandledExit::SysReg)),
             Case::Nop => None,
         }
     }
@@ -213,29 +212,27 @@ pub fn run_case<H: Hypervisor>(
     let stride = ((batches + 1) * 8).next_multiple_of(0x1000);
     let ram = (RESULTS_OFFSET + u64::from(cpus) * stride).next_multiple_of(2 << 20);
 
-    let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(RAM_BASE), ram as usize)])
-        .map_err(|e| VmmError::Memory(ram >> 20, e.to_string()))?;
+    let ram = GuestRam::allocate(ram)?;
     let vm =
-        Arc::new(hv.create_vm(&VmSpec { vcpus: cpus, ipa_bits: layout::required_ipa_bits(ram) })?);
-    for region in memory.iter() {
-        let host = region
-            .get_host_address(MemoryRegionAddress(0))
-            .map_err(|e| VmmError::Memory(ram >> 20, e.to_string()))?;
-        // SAFETY: `memory` owns the mapping and outlives `vm`: it is declared first, so dropped
-        // last, and run_vcpus joins every vCPU thread before returning.
-        unsafe { vm.map_memory(host, region.start_addr().0, region.len(), MemoryPerms::RWX)? };
-    }
+        Arc::new(hv.create_vm(&VmSpec {
+            vcpus: cpus,
+            ipa_bits: layout::required_ipa_bits(ram.bytes()),
+        })?);
+    // SAFETY: `ram` is declared before `vm`, so dropped after it, and every vCPU thread is
+    // joined before this function returns.
+    unsafe { ram.map_into(vm.as_ref())? };
+    let memory = ram.memory();
 
     let write = |offset: u64, bytes: &[u8]| {
         memory.write_slice(bytes, GuestAddress(RAM_BASE + offset)).map_err(|e| fail(e.to_string()))
     };
     write(guest::ENTRY, &guest::program_bytes(case.op()))?;
-    let stop = Arc::new(StopSignal::new());
+    let control = Arc::new(VmControl::new());
     let done = Arc::new(AtomicU32::new(0));
     let mut bus = MmioBus::new();
     for i in 0..cpus {
         let page = BENCH_DEVICE_BASE + u64::from(i) * 0x1000;
-        let dev = BenchDevice::new(done.clone(), cpus, stop.clone());
+        let dev = BenchDevice::new(done.clone(), cpus, control.clone());
         bus.insert(page, 0x1000, format!("bench{i}"), Arc::new(Mutex::new(dev)))
             .map_err(VmmError::from)?;
         let params = Params {
@@ -265,10 +262,13 @@ pub fn run_case<H: Hypervisor>(
         (Reg::Pc, RAM_BASE + guest::ENTRY),
     ];
 
-    let watchdog = watchdog(stop.clone(), config.timeout, case);
+    let watchdog = watchdog(control.clone(), config.timeout, case);
     let started = Instant::now();
-    let observe = Observe { stats: config.vmm_time, tracer: None };
-    let (outcome, vcpu_stats) = run_vcpus(vm, cpus, &boot_regs, Arc::new(bus), &stop, observe)?;
+    let observer = ExitObserver::new(config.vmm_time, None);
+    let threads = start_vcpus(vm, cpus, &boot_regs, Arc::new(bus), &control, &observer, None)?;
+    // A bench VM gets no requests (no API); any that came would get nothing back.
+    let outcome = serve_until_stopped(&control, drop);
+    let vcpu_stats = threads.join();
     let wall = started.elapsed();
     drop(watchdog);
     if outcome != VmOutcome::PowerOff {
@@ -307,11 +307,11 @@ pub fn run_case<H: Hypervisor>(
 
 /// A thread that stops the VM as failed if it runs longer than `timeout`; dropping the returned
 /// sender ends it.
-fn watchdog(stop: Arc<StopSignal>, timeout: Duration, case: Case) -> mpsc::Sender<()> {
+fn watchdog(control: Arc<VmControl>, timeout: Duration, case: Case) -> mpsc::Sender<()> {
     let (tx, rx) = mpsc::channel::<()>();
     std::thread::spawn(move || {
         if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(timeout) {
-            stop.request(VmOutcome::Failed(format!(
+            control.request_stop(VmOutcome::Failed(format!(
                 "case {} did not finish within {timeout:?}",
                 case.name()
             )));

@@ -3,7 +3,7 @@
 //! The seam is plain data. [`Vcpu::run`] takes a [`VmEntry`] (what to complete before re-entering
 //! the guest) and returns a [`VmExit`] (why the guest stopped). No callbacks and no borrowed
 //! buffers cross it, so decoding an exit, dispatching it to a device and completing it are separate
-//! steps that can each be timed and unit-tested — and the same loop in `vcpu.rs` drives both
+//! steps that can each be timed and unit-tested — and the same loop in `vmm/vcpu.rs` drives both
 //! backends.
 //!
 //! The shape follows Hypervisor.framework, the stricter of the two: a vCPU is created on the thread
@@ -11,11 +11,10 @@
 //! address, size and permissions, and a running vCPU is stopped from another thread with a
 //! [`Kicker`].
 
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use boot::PsciConduit;
-use devices::IrqLine;
+use devices::{IrqLine, Notifier};
 
 pub mod hvf;
 #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
@@ -40,7 +39,9 @@ pub enum VmExit {
     Unhandled { reason: &'static str, detail: u64 },
 }
 
-/// The kinds of exit a backend completes on its own ([`VmExit::Handled`]).
+/// The kinds of exit a backend completes on its own ([`VmExit::Handled`]). A new kind is one
+/// variant here plus its line in [`ALL`](Self::ALL) and [`name`](Self::name); statistics and
+/// traces pick it up from there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HandledExit {
     /// A PSCI or other SMCCC call (HVC or SMC).
@@ -63,6 +64,34 @@ pub enum HandledExit {
     ExceptionInjected,
 }
 
+impl HandledExit {
+    /// Every kind, in declaration order (`ALL[k as usize] == k`).
+    pub const ALL: [HandledExit; 8] = [
+        HandledExit::Hypercall,
+        HandledExit::SysReg,
+        HandledExit::Wfi,
+        HandledExit::Wfe,
+        HandledExit::VtimerActivated,
+        HandledExit::CacheMaintenance,
+        HandledExit::GicMmio,
+        HandledExit::ExceptionInjected,
+    ];
+
+    /// Short name used in tables, traces and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            HandledExit::Hypercall => "hypercall",
+            HandledExit::SysReg => "sysreg",
+            HandledExit::Wfi => "wfi",
+            HandledExit::Wfe => "wfe",
+            HandledExit::VtimerActivated => "vtimer",
+            HandledExit::CacheMaintenance => "cache-maintenance",
+            HandledExit::GicMmio => "gic-mmio",
+            HandledExit::ExceptionInjected => "exception-injected",
+        }
+    }
+}
+
 /// Machine-wide requests from the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SystemEvent {
@@ -72,6 +101,17 @@ pub enum SystemEvent {
     Reset,
     /// The guest crashed (KVM_SYSTEM_EVENT_CRASH).
     Crash,
+}
+
+impl SystemEvent {
+    /// Name used in traces.
+    pub fn name(self) -> &'static str {
+        match self {
+            SystemEvent::PowerOff => "power-off",
+            SystemEvent::Reset => "reset",
+            SystemEvent::Crash => "crash",
+        }
+    }
 }
 
 /// What to finish before entering the guest again.
@@ -204,13 +244,14 @@ pub trait Vm: Send + Sync + 'static {
     /// The interrupt line of shared peripheral interrupt `spi` (interrupt ID `32 + spi`).
     fn irq_line(&self, spi: u32) -> Arc<dyn IrqLine>;
 
-    /// Asks the hypervisor to signal a file descriptor, instead of exiting to hvrun, when the
-    /// guest writes the 4-byte value `value` to `addr` — KVM's ioeventfd. The descriptor becomes
-    /// readable (an eventfd: read 8 bytes to clear it). `None` when the backend has no such
-    /// mechanism (Hypervisor.framework): the write then exits to hvrun as ordinary MMIO.
-    fn write_notifier(&self, addr: u64, value: u32) -> Result<Option<OwnedFd>> {
-        let _ = (addr, value);
-        Ok(None)
+    /// Asks the hypervisor to ring `notifier` itself, instead of exiting to hvrun, when the
+    /// guest writes the 4-byte value `value` to `addr` — KVM's ioeventfd (api.rst §4.59). Other
+    /// writes to the address still exit as MMIO. Returns `false` when the backend has no such
+    /// mechanism (Hypervisor.framework): the write then exits to hvrun as ordinary MMIO, and the
+    /// device's transport rings the same notifier.
+    fn ring_on_write(&self, addr: u64, value: u32, notifier: &Notifier) -> Result<bool> {
+        let _ = (addr, value, notifier);
+        Ok(false)
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use log::{debug, warn};
+use log::debug;
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE as ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER as DRIVER,
     VIRTIO_CONFIG_S_DRIVER_OK as DRIVER_OK, VIRTIO_CONFIG_S_FAILED as FAILED,
@@ -17,9 +17,10 @@ use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
 use super::queue_config::{QueueConfig, Ring};
-use super::{VirtioDevice, VirtioError, VirtioInterrupt};
+use super::{SharedDevice, VirtioDevice, VirtioError, VirtioInterrupt};
 use crate::bus::BusDevice;
 use crate::irq::IrqLine;
+use crate::notifier::Notifier;
 
 /// "virt" in little-endian ASCII (VIRTIO 1.2 §4.2.2).
 const MAGIC_VALUE: u32 = 0x7472_6976;
@@ -61,21 +62,29 @@ const VERSION_1: u64 = 1 << VIRTIO_F_VERSION_1;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct MmioTransport {
-    device: Box<dyn VirtioDevice>,
+    /// The device, shared with its worker thread (see [`DeviceWorker`](super::DeviceWorker)).
+    device: Arc<SharedDevice>,
+    /// One per queue: QueueNotify rings it, the device's worker waits on it.
+    notifiers: Vec<Arc<Notifier>>,
+    /// Read from the device once: the feature registers are read often and never change.
+    device_features: u64,
     mem: GuestMemoryMmap,
-    interrupt: Arc<VirtioInterrupt>,
     queues: Vec<QueueConfig>,
     queue_sel: u32,
     device_features_sel: u32,
     driver_features_sel: u32,
     driver_features: u64,
     status: u32,
-    /// The device was activated and has not failed since: notifications reach it.
+    /// The device was activated: notifications reach its worker.
     active: bool,
 }
 
 impl MmioTransport {
     /// A transport for `device`, which will see guest memory `mem` and interrupt through `irq`.
+    /// Nothing serves the device's queues until a [`DeviceWorker`](super::DeviceWorker) is
+    /// started on [`shared_device`](Self::shared_device) and
+    /// [`queue_notifiers`](Self::queue_notifiers) (or a test calls
+    /// [`serve_notified_queues`](Self::serve_notified_queues)).
     pub fn new(
         device: Box<dyn VirtioDevice>,
         mem: GuestMemoryMmap,
@@ -94,10 +103,17 @@ impl MmioTransport {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let notifiers = (0..queues.len())
+            .map(|_| Notifier::new().map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(VirtioError::Notifier)?;
+        let device_features = device.features();
+        let interrupt = Arc::new(VirtioInterrupt::new(irq));
         Ok(MmioTransport {
-            device,
+            device: Arc::new(SharedDevice::new(device, interrupt)),
+            notifiers,
+            device_features,
             mem,
-            interrupt: Arc::new(VirtioInterrupt::new(irq)),
             queues,
             queue_sel: 0,
             device_features_sel: 0,
@@ -111,12 +127,35 @@ impl MmioTransport {
     /// The interrupt shared with the device, e.g. for a host-side event (console resize) that
     /// changes config space while the VMM, not the device, holds the news.
     pub fn interrupt(&self) -> &Arc<VirtioInterrupt> {
-        &self.interrupt
+        self.device.interrupt()
+    }
+
+    /// The device as its worker thread reaches it.
+    pub fn shared_device(&self) -> &Arc<SharedDevice> {
+        &self.device
+    }
+
+    /// The queue notifiers, in queue order: the worker waits on them, KVM can ring them
+    /// (ioeventfd), and the host side of a device rings one when it has something for that
+    /// queue (console input for the receive queue).
+    pub fn queue_notifiers(&self) -> &[Arc<Notifier>] {
+        &self.notifiers
+    }
+
+    /// Serves, on the calling thread, every queue whose notifier has rung — what the device's
+    /// worker does. For tests and fuzzing, which want it deterministic.
+    pub fn serve_notified_queues(&self) {
+        for (index, notifier) in self.notifiers.iter().enumerate() {
+            if notifier.is_rung() {
+                notifier.drain();
+                self.device.serve_queue(index as u16);
+            }
+        }
     }
 
     /// Everything the transport offers: the device's features plus `VIRTIO_F_VERSION_1`.
     fn offered_features(&self) -> u64 {
-        self.device.features() | VERSION_1
+        self.device_features | VERSION_1
     }
 
     /// Applies a queue-setup write to the selected queue, if the driver may still configure it:
@@ -158,8 +197,9 @@ impl MmioTransport {
             self.reset();
             return;
         }
-        // DEVICE_NEEDS_RESET is the device's bit (§2.1.2): keep it whatever the driver writes.
-        let wanted = (value & 0xff & !NEEDS_RESET) | (self.status & NEEDS_RESET);
+        // DEVICE_NEEDS_RESET is the device's bit (§2.1.2): the driver cannot set it (the
+        // register read adds it while the device has failed).
+        let wanted = value & 0xff & !NEEDS_RESET;
         if wanted & self.status != self.status {
             debug!("virtio-mmio: status {value:#x} clears bits of {:#x}; ignored", self.status);
             return;
@@ -182,7 +222,10 @@ impl MmioTransport {
         if added & DRIVER_OK != 0 && self.status & FAILED == 0 {
             match self.activate() {
                 Ok(()) => self.active = true,
-                Err(e) => self.needs_reset(e),
+                Err(e) => {
+                    let _device = self.device.lock();
+                    self.device.fail(e);
+                }
             }
         }
     }
@@ -221,50 +264,36 @@ impl MmioTransport {
                     .map_err(|source| VirtioError::BrokenQueue { queue: i as u16, source })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let (features, mem, irq) = (self.driver_features, self.mem.clone(), self.interrupt.clone());
-        self.device.activate(features, mem, queues, irq)
+        let (features, mem, irq) =
+            (self.driver_features, self.mem.clone(), self.interrupt().clone());
+        self.device.lock().activate(features, mem, queues, irq)
     }
 
-    /// §2.1.2: the device hit an error it cannot recover from without a reset.
-    fn needs_reset(&mut self, error: VirtioError) {
-        warn!("virtio device type {}: {error}", self.device.device_type());
-        self.active = false;
-        self.status |= NEEDS_RESET;
-        // "the device MUST send a device configuration change notification to the driver"; the
-        // config itself did not change, so the generation stays.
-        self.interrupt.raise(VIRTIO_MMIO_INT_CONFIG);
-    }
-
-    /// The device's host side has something for queue `index` (console input arrived): serve
-    /// the queue as a driver notification would, if the device is running. Called from host
-    /// threads, not vCPUs.
-    pub fn host_event(&mut self, index: u16) {
-        if self.active {
-            self.notify(u32::from(index));
-        }
-    }
-
+    /// QueueNotify: rings the queue's notifier, and the device's worker serves the queue. The
+    /// vCPU is back in the guest before the device even looks.
     fn notify(&mut self, index: u32) {
-        if !self.active {
+        if !self.active || self.device.failed() {
             debug!("virtio-mmio: QueueNotify {index} while the device is not running; ignored");
             return;
         }
         // Without VIRTIO_F_NOTIFICATION_DATA the value is just the queue index (§4.2.3.3).
-        match u16::try_from(index) {
-            Ok(index) if usize::from(index) < self.queues.len() => {
-                if let Err(e) = self.device.process_queue(index) {
-                    self.needs_reset(e);
-                }
-            }
-            _ => debug!("virtio-mmio: QueueNotify for nonexistent queue {index}; ignored"),
+        match self.notifiers.get(index as usize) {
+            Some(notifier) => notifier.notify(),
+            None => debug!("virtio-mmio: QueueNotify for nonexistent queue {index}; ignored"),
         }
     }
 
     /// Status 0: back to the state right after construction (§2.4, §4.2.2.1).
     fn reset(&mut self) {
-        self.device.reset();
+        {
+            // Waits for the request the worker may be serving: after this the device touches
+            // no ring (§2.4).
+            let mut device = self.device.lock();
+            device.reset();
+            self.device.clear_failure();
+        }
         self.queues.iter_mut().for_each(QueueConfig::reset);
-        self.interrupt.reset();
+        self.interrupt().reset();
         self.queue_sel = 0;
         self.device_features_sel = 0;
         self.driver_features_sel = 0;
@@ -288,9 +317,11 @@ impl MmioTransport {
             // A nonexistent queue reads QueueNumMax 0: "not available" (§4.2.3.2).
             VIRTIO_MMIO_QUEUE_NUM_MAX => selected.map_or(0, |q| u32::from(q.max_size())),
             VIRTIO_MMIO_QUEUE_READY => selected.map_or(0, |q| u32::from(q.ready())),
-            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
+            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt().status(),
+            // DEVICE_NEEDS_RESET is the device's bit, set by its worker (§2.1.2).
+            VIRTIO_MMIO_STATUS if self.device.failed() => self.status | NEEDS_RESET,
             VIRTIO_MMIO_STATUS => self.status,
-            VIRTIO_MMIO_CONFIG_GENERATION => self.interrupt.config_generation(),
+            VIRTIO_MMIO_CONFIG_GENERATION => self.interrupt().config_generation(),
             // No shared memory regions: a length (and base) of -1 says so (§4.2.2).
             VIRTIO_MMIO_SHM_LEN_LOW
             | VIRTIO_MMIO_SHM_LEN_HIGH
@@ -316,7 +347,7 @@ impl MmioTransport {
             VIRTIO_MMIO_QUEUE_NUM => self.configure_queue(false, |q| q.set_size(value)),
             VIRTIO_MMIO_QUEUE_READY => self.configure_queue(true, |q| q.set_ready(value == 1)),
             VIRTIO_MMIO_QUEUE_NOTIFY => self.notify(value),
-            VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(value),
+            VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt().ack(value),
             VIRTIO_MMIO_STATUS => self.write_status(value),
             _ => debug!("virtio-mmio: write of read-only or unknown register {reg:#x} ignored"),
         }
@@ -342,7 +373,7 @@ impl BusDevice for MmioTransport {
             // Config space is byte-granular and little-endian (§4.2.2.2, §2.5).
             let mut bytes = [0u8; 8];
             let len = usize::from(size).min(8);
-            self.device.read_config(offset - CONFIG_SPACE, &mut bytes[..len]);
+            self.device.lock().read_config(offset - CONFIG_SPACE, &mut bytes[..len]);
             return u64::from_le_bytes(bytes);
         }
         // §4.2.2.2: the driver MUST use aligned 32-bit accesses for the registers.
@@ -356,7 +387,7 @@ impl BusDevice for MmioTransport {
     fn write(&mut self, offset: u64, size: u8, value: u64) {
         if offset >= CONFIG_SPACE {
             let len = usize::from(size).min(8);
-            self.device.write_config(offset - CONFIG_SPACE, &value.to_le_bytes()[..len]);
+            self.device.lock().write_config(offset - CONFIG_SPACE, &value.to_le_bytes()[..len]);
             return;
         }
         if size != 4 || offset % 4 != 0 {
@@ -454,6 +485,8 @@ mod tests {
         set_reg(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
         set_reg(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 2); // no such queue
         set_reg(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0x1_0000);
+        assert!(log.lock().unwrap().notified.is_empty(), "served by the worker, not the vCPU");
+        t.serve_notified_queues();
         assert_eq!(log.lock().unwrap().notified, [0, 1]);
     }
 
@@ -536,6 +569,7 @@ mod tests {
         assert_eq!(t.queues[0].queue().size(), 16);
         // Notifications no longer reach the device.
         set_reg(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+        t.serve_notified_queues();
         assert!(log.lock().unwrap().notified.is_empty());
         // Driver features are forgotten: FEATURES_OK without writing any is refused.
         set_reg(&mut t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
@@ -587,6 +621,7 @@ mod tests {
         assert_eq!(last_level(&line), Some(true));
         assert!(log.lock().unwrap().activations.is_empty());
         set_reg(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+        t.serve_notified_queues();
         assert!(log.lock().unwrap().notified.is_empty());
     }
 
@@ -668,11 +703,13 @@ mod tests {
         let status = start(&mut t, 0, &[&ring]);
         assert_eq!(status & NEEDS_RESET, 0);
         set_reg(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+        t.serve_notified_queues();
         assert_eq!(reg(&mut t, VIRTIO_MMIO_STATUS), status | NEEDS_RESET);
         assert_eq!(reg(&mut t, VIRTIO_MMIO_INTERRUPT_STATUS), VIRTIO_MMIO_INT_CONFIG);
         assert_eq!(reg(&mut t, VIRTIO_MMIO_CONFIG_GENERATION), 0, "config itself unchanged");
         // The broken device hears nothing more until the driver resets it.
         set_reg(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+        t.serve_notified_queues();
         assert_eq!(log.lock().unwrap().notified, [0]);
         set_reg(&mut t, VIRTIO_MMIO_STATUS, 0);
         assert_eq!(last_level(&line), Some(false));

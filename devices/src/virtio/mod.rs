@@ -1,9 +1,12 @@
 //! Virtio: the seam between a transport (virtio-mmio, [`MmioTransport`]) and the device models
-//! behind it (entropy, and later block and console). The transport owns the registers, feature
-//! negotiation and the status state machine; a [`VirtioDevice`] only serves its queues.
+//! behind it (block, console, entropy). The transport owns the registers, feature negotiation
+//! and the status state machine; a [`VirtioDevice`] only serves its queues.
 //!
-//! Threading is deliberately simple: a device sits behind the bus's per-device mutex, and a queue
-//! notification is served synchronously on the vCPU thread that wrote QueueNotify.
+//! Threading: the transport runs on whichever vCPU thread touched a register. The device's I/O
+//! runs on the device's own [`DeviceWorker`] thread, woken by a per-queue [`Notifier`] that the
+//! driver's QueueNotify rings (see `worker.rs`); the two meet in [`SharedDevice`].
+//!
+//! [`Notifier`]: crate::notifier::Notifier
 
 pub mod block;
 pub mod console;
@@ -11,11 +14,14 @@ pub mod interrupt;
 pub mod mmio;
 mod queue_config;
 pub mod rng;
+mod shared;
+pub mod worker;
 
 #[cfg(test)]
 pub(crate) mod test_support;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -24,6 +30,8 @@ pub use console::{ConsoleInput, ConsoleInputPort, VirtioConsole};
 pub use interrupt::VirtioInterrupt;
 pub use mmio::{MmioTransport, MMIO_REGION_SIZE, QUEUE_NOTIFY_OFFSET};
 pub use rng::VirtioRng;
+pub use shared::{HostWait, SharedDevice};
+pub use worker::DeviceWorker;
 
 /// Device types (VIRTIO 1.2 §5), as the DeviceID register reports them.
 pub use virtio_bindings::virtio_ids::{VIRTIO_ID_BLOCK, VIRTIO_ID_CONSOLE, VIRTIO_ID_RNG};
@@ -34,8 +42,11 @@ pub use virtio_bindings::virtio_ids::{VIRTIO_ID_BLOCK, VIRTIO_ID_CONSOLE, VIRTIO
 /// and config space while the driver initialises; on DRIVER_OK it hands over the negotiated
 /// features, guest memory, the configured queues and the interrupt through
 /// [`activate`](Self::activate); from then on each QueueNotify becomes a call to
-/// [`process_queue`](Self::process_queue); a driver reset becomes [`reset`](Self::reset), after
-/// which the device can be activated again.
+/// [`process_queue`](Self::process_queue) on the device's worker thread; a driver reset becomes
+/// [`reset`](Self::reset), after which the device can be activated again.
+///
+/// A device with a host side of its own (a tap, a socket, a timer) tells its worker what to wait
+/// on through [`host_waits`](Self::host_waits) and [`next_timer`](Self::next_timer).
 pub trait VirtioDevice: Send {
     /// The virtio device type (VIRTIO 1.2 §5), e.g. [`VIRTIO_ID_RNG`].
     fn device_type(&self) -> u32;
@@ -82,6 +93,31 @@ pub trait VirtioDevice: Send {
     /// §2.4). Nothing is reported to the guest; the transport clears its own state. Also called
     /// on a device that was never activated, so it must be harmless then.
     fn reset(&mut self);
+
+    /// Host descriptors the worker should wait on besides the queue notifiers, with the poll
+    /// events wanted *now* (e.g. readable only while the guest has posted receive buffers, so
+    /// the worker sleeps instead of spinning on data it cannot deliver). Asked again after every
+    /// call into the device. None by default.
+    fn host_waits(&self, waits: &mut Vec<HostWait>) {
+        let _ = waits;
+    }
+
+    /// A descriptor from [`host_waits`](Self::host_waits) is ready (`revents` as poll(2) set
+    /// them). An error means DEVICE_NEEDS_RESET, as for [`process_queue`](Self::process_queue).
+    fn host_ready(&mut self, token: u32, revents: i16) -> Result<(), VirtioError> {
+        let _ = (token, revents);
+        Ok(())
+    }
+
+    /// When [`timer_expired`](Self::timer_expired) should next be called, if ever.
+    fn next_timer(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The time [`next_timer`](Self::next_timer) named has come.
+    fn timer_expired(&mut self) -> Result<(), VirtioError> {
+        Ok(())
+    }
 }
 
 /// Serves what the driver made available on `queue` (number `index`): each chain goes to
@@ -89,7 +125,7 @@ pub trait VirtioDevice: Send {
 /// chain then goes on the used ring, and the driver is interrupted if it asked to be.
 ///
 /// At most one queue's worth per notification, so a guest that keeps adding buffers cannot hold
-/// the vCPU thread forever; nothing is lost, since notifications are never suppressed and each
+/// the worker (and the device lock) forever; nothing is lost, since notifications are never suppressed and each
 /// later buffer comes with a QueueNotify of its own. `iter` rather than `pop_descriptor_chain`:
 /// the latter turns a corrupt avail index (more entries than the queue holds, VIRTIO 1.2 §2.7.13)
 /// into "empty", hiding a broken driver.
@@ -151,6 +187,8 @@ pub enum VirtioError {
          queue up again"
     )]
     BadQueueConfig { queue: u16, problem: &'static str },
+    #[error("cannot create the queue notifiers of a virtio device: {0}")]
+    Notifier(#[source] std::io::Error),
     #[error(
         "the driver broke virtqueue {queue} ({source}); the device is stopped until the guest \
          resets it"

@@ -174,6 +174,7 @@ mod tests {
 
     fn notify(t: &mut MmioTransport) {
         set_reg(t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+        t.serve_notified_queues();
     }
 
     fn guest_bytes(mem: &Mem, addr: u64, len: usize) -> Vec<u8> {

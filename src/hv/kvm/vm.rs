@@ -11,13 +11,14 @@ use kvm_bindings::{
     KVM_MEM_READONLY, KVM_VGIC_V3_ADDR_TYPE_DIST, KVM_VGIC_V3_ADDR_TYPE_REDIST,
 };
 use kvm_ioctls::{DeviceFd, IoEventAddress, Kvm, VmFd};
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, FromRawFd};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::vcpu::KvmVcpu;
 use crate::hv::{HvError, MemoryPerms, Result, Vm, VmSpec};
 use boot::layout;
-use devices::IrqLine;
+use devices::{IrqLine, Notifier};
 
 /// A KVM VM with its vGICv3.
 pub struct KvmVm {
@@ -132,15 +133,18 @@ impl Vm for KvmVm {
         Arc::new(KvmIrqLine { vm: self.fd.clone(), irq })
     }
 
-    fn write_notifier(&self, addr: u64, value: u32) -> Result<Option<OwnedFd>> {
-        let event = EventFd::new(EFD_NONBLOCK).map_err(|e| HvError::new("eventfd", e))?;
+    fn ring_on_write(&self, addr: u64, value: u32, notifier: &Notifier) -> Result<bool> {
+        // On Linux a Notifier is an eventfd. KVM takes its own reference to it (eventfd_ctx),
+        // so the borrowed descriptor only has to be valid for the call; ManuallyDrop keeps the
+        // temporary EventFd from closing it.
+        // SAFETY: the descriptor is an open eventfd owned by `notifier`, which outlives the call.
+        let event = ManuallyDrop::new(unsafe { EventFd::from_raw_fd(notifier.as_raw_fd()) });
         // A u32 datamatch makes KVM match 4-byte writes of exactly `value` (api.rst §4.59,
         // KVM_IOEVENTFD); other writes to the address still exit as MMIO.
         self.fd
             .register_ioevent(&event, &IoEventAddress::Mmio(addr), value)
             .map_err(|e| HvError::new(format!("KVM_IOEVENTFD at {addr:#x}"), e))?;
-        // SAFETY: into_raw_fd hands over sole ownership of a valid, open descriptor.
-        Ok(Some(unsafe { OwnedFd::from_raw_fd(event.into_raw_fd()) }))
+        Ok(true)
     }
 }
 

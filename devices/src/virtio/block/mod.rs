@@ -1,6 +1,6 @@
 //! virtio-blk (VIRTIO 1.2 §5.2): a raw disk image as a guest block device (`/dev/vda`, ...).
 //!
-//! One request queue, served synchronously on the vCPU thread that notifies it. The image is
+//! One request queue, served by the device's worker thread (`virtio/worker.rs`). The image is
 //! opened and locked by [`DiskImage`]; requests are parsed and performed by [`request::handle`].
 
 pub mod disk;

@@ -66,6 +66,7 @@ impl Drop for Rig {
 fn run_chain(t: &mut MmioTransport, ring: &TestRing<'_>) -> u32 {
     ring.publish(0);
     t.write(u64::from(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY), 4, 0);
+    t.serve_notified_queues();
     let used = ring.used();
     assert_eq!(used.len(), 1, "the request must complete");
     used[0].1
@@ -129,6 +130,7 @@ fn write_then_flush_reaches_the_image() {
     ring.set_desc(0, HEADER, 16, NEXT, 2);
     ring.publish(0);
     t.write(u64::from(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY), 4, 0);
+    t.serve_notified_queues();
     assert_eq!(ring.used()[1].1, 1);
     assert_eq!(rig.status(), VIRTIO_BLK_S_OK as u8);
 }
@@ -193,6 +195,7 @@ fn discard_and_write_zeroes_clear_the_range() {
         three_part(&ring, 16, 0);
         ring.publish(0);
         t.write(u64::from(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY), 4, 0);
+        t.serve_notified_queues();
         assert_eq!(rig.status(), VIRTIO_BLK_S_OK as u8);
         let image = rig.image();
         let range = sector as usize * 512..(sector as usize + 8) * 512;
@@ -236,6 +239,7 @@ fn hostile_chains_never_panic_or_hang() {
     three_part(&ring, 512, WRITE);
     ring.publish(0);
     t.write(u64::from(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY), 4, 0);
+    t.serve_notified_queues();
     assert_eq!(ring.used().len(), 2);
     assert_eq!(rig.status(), VIRTIO_BLK_S_OK as u8);
 }

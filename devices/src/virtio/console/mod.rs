@@ -17,7 +17,8 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::{MmioTransport, VirtioDevice, VirtioError, VirtioInterrupt};
+use super::{VirtioDevice, VirtioError, VirtioInterrupt};
+use crate::notifier::Notifier;
 
 /// Queue 0, `receiveq(port0)`: buffers the driver posts for input (§5.3.2).
 pub const RECEIVEQ: u16 = 0;
@@ -69,13 +70,16 @@ impl ConsoleInput {
 /// The host's end of a running console: queue input, then tell the device it has some.
 pub struct ConsoleInputPort {
     input: Arc<ConsoleInput>,
-    transport: Arc<Mutex<MmioTransport>>,
+    /// The receive queue's notifier: ringing it makes the device's worker move the input into
+    /// the guest's receive buffers, as if the driver had notified the queue.
+    receive: Arc<Notifier>,
 }
 
 impl ConsoleInputPort {
-    /// `input` must be the buffer the console behind `transport` was created with.
-    pub fn new(input: Arc<ConsoleInput>, transport: Arc<Mutex<MmioTransport>>) -> Self {
-        ConsoleInputPort { input, transport }
+    /// `input` must be the buffer the console was created with, `receive` the notifier of its
+    /// transport's [`RECEIVEQ`] (`MmioTransport::queue_notifiers`).
+    pub fn new(input: Arc<ConsoleInput>, receive: Arc<Notifier>) -> Self {
+        ConsoleInputPort { input, receive }
     }
 
     /// Queues what fits of `bytes` and hands it to the guest's receive buffers if it has posted
@@ -83,9 +87,7 @@ impl ConsoleInputPort {
     pub fn send(&self, bytes: &[u8]) -> usize {
         let taken = self.input.push(bytes);
         if taken > 0 {
-            // The buffer's lock is released by now: the device takes it again, under the
-            // transport's lock, which is the order a vCPU thread uses too.
-            self.transport.lock().unwrap_or_else(|p| p.into_inner()).host_event(RECEIVEQ);
+            self.receive.notify();
         }
         taken
     }

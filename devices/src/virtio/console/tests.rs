@@ -12,6 +12,7 @@ use super::*;
 use crate::bus::BusDevice;
 use crate::irq::test_support::RecordingLine;
 use crate::virtio::test_support::*;
+use crate::virtio::MmioTransport;
 
 /// Host output the test can read back.
 #[derive(Clone, Default)]
@@ -56,11 +57,29 @@ impl Rig {
     }
 
     fn notify(&self, queue: u16) {
-        set_reg(&mut *self.transport.lock().unwrap(), VIRTIO_MMIO_QUEUE_NOTIFY, queue.into());
+        let mut transport = self.transport.lock().unwrap();
+        set_reg(&mut *transport, VIRTIO_MMIO_QUEUE_NOTIFY, queue.into());
+        transport.serve_notified_queues();
+    }
+
+    /// What the console's worker would do now: serve every rung queue.
+    fn serve(&self) {
+        self.transport.lock().unwrap().serve_notified_queues();
+    }
+
+    /// Host input through the console's input port, then what the worker does about it.
+    fn send_input(&self, bytes: &[u8]) -> usize {
+        let taken = self.port().send(bytes);
+        self.serve();
+        taken
     }
 
     fn port(&self) -> ConsoleInputPort {
-        ConsoleInputPort::new(self.input.clone(), self.transport.clone())
+        let transport = self.transport.lock().unwrap();
+        ConsoleInputPort::new(
+            self.input.clone(),
+            transport.queue_notifiers()[RECEIVEQ as usize].clone(),
+        )
     }
 }
 
@@ -131,7 +150,7 @@ fn transmitted_chains_reach_the_host_in_order() {
 fn input_typed_before_the_driver_is_delivered_once_buffers_exist() {
     let mem = guest_memory();
     let rig = rig(&mem);
-    assert_eq!(rig.port().send(b"early"), 5, "kept while the device is not running");
+    assert_eq!(rig.send_input(b"early"), 5, "kept while the device is not running");
     let (rx, tx) = (ring_at(&mem, 0, 16), ring_at(&mem, 0x4000, 16));
     post_rx(&rx, 0, 1, 64);
     rig.start(&rx, &tx);
@@ -150,7 +169,7 @@ fn input_fills_buffers_in_order_and_the_rest_waits_for_more() {
     rig.notify(RECEIVEQ);
     assert!(rx.used().is_empty(), "no input, so no buffer is used up");
 
-    assert_eq!(rig.port().send(b"0123456789"), 10);
+    assert_eq!(rig.send_input(b"0123456789"), 10);
     assert_eq!(rx.used(), vec![(0, 4), (1, 4)]);
     assert_eq!(guest_bytes(&mem, rx_buffer(0), 4), b"0123");
     assert_eq!(guest_bytes(&mem, rx_buffer(1), 4), b"4567");
@@ -182,7 +201,7 @@ fn unusable_receive_buffers_are_returned_empty_and_input_survives() {
     rx.set_desc(1, rx_buffer(1), 64, 0, 0); // read-only: the device cannot write it
     rx.publish(0);
     rx.publish(1);
-    assert_eq!(rig.port().send(b"kept"), 4);
+    assert_eq!(rig.send_input(b"kept"), 4);
     assert_eq!(rx.used(), vec![(0, 0), (1, 0)]);
     assert_eq!(rig.input.len(), 4, "nothing was lost in the bad buffers");
     post_rx(&rx, 2, 1, 64);
@@ -198,7 +217,7 @@ fn a_reset_stops_delivery_but_keeps_pending_input() {
     let (rx, tx) = (ring_at(&mem, 0, 16), ring_at(&mem, 0x4000, 16));
     rig.start(&rx, &tx);
     set_reg(&mut *rig.transport.lock().unwrap(), VIRTIO_MMIO_STATUS, 0);
-    assert_eq!(rig.port().send(b"typed"), 5);
+    assert_eq!(rig.send_input(b"typed"), 5);
     assert_eq!(rig.input.len(), 5);
     let (rx, tx) = (ring_at(&mem, 0x8000, 16), ring_at(&mem, 0xc000, 16));
     post_rx(&rx, 0, 1, 64);
@@ -274,7 +293,7 @@ fn with_multiport_input_waits_for_the_guest_to_open_the_port() {
     // and says PORT_READY. Input must not go out yet: the port is not connected.
     control.send(&mem, &rig, 0, DEVICE_READY, 1);
     assert_eq!(control.received(&mem), vec![(0, PORT_ADD, 1)]);
-    assert_eq!(rig.port().send(b"early"), 5);
+    assert_eq!(rig.send_input(b"early"), 5);
     post_rx(&rx, 0, 2, 64);
     rig.notify(RECEIVEQ);
     control.send(&mem, &rig, 0, PORT_READY, 1);
@@ -287,7 +306,7 @@ fn with_multiport_input_waits_for_the_guest_to_open_the_port() {
     control.send(&mem, &rig, 0, PORT_OPEN, 1);
     assert_eq!(rx.used(), vec![(0, 5)]);
     assert_eq!(guest_bytes(&mem, rx_buffer(0), 5), b"early");
-    assert_eq!(rig.port().send(b"later"), 5);
+    assert_eq!(rig.send_input(b"later"), 5);
     assert_eq!(rx.used(), vec![(0, 5), (1, 5)]);
 }
 

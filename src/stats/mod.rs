@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::hv::{HandledExit, SystemEvent, VmExit};
+pub mod boot_time;
+
+use crate::hv::{HandledExit, VmExit};
 
 /// How `--stats` prints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -34,59 +36,46 @@ impl std::str::FromStr for StatsFormat {
     }
 }
 
-/// The exit reasons statistics tell apart.
+/// The exit reasons statistics tell apart: the exit vocabulary of [`VmExit`], with the exits a
+/// backend handled itself told apart by [`HandledExit`] (so a new handled exit needs no edit
+/// here).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitKind {
     MmioRead,
     MmioWrite,
-    Hypercall,
-    SysReg,
-    Wfi,
-    Wfe,
-    VtimerActivated,
-    CacheMaintenance,
-    GicMmio,
-    ExceptionInjected,
+    Handled(HandledExit),
     System,
     Kicked,
     Unhandled,
 }
 
+/// How many [`ExitKind`]s there are.
+const KINDS: usize = 5 + HandledExit::ALL.len();
+
 impl ExitKind {
     /// Every kind, in the order tables list them.
-    pub const ALL: [ExitKind; 13] = [
-        ExitKind::MmioRead,
-        ExitKind::MmioWrite,
-        ExitKind::Hypercall,
-        ExitKind::SysReg,
-        ExitKind::Wfi,
-        ExitKind::Wfe,
-        ExitKind::VtimerActivated,
-        ExitKind::CacheMaintenance,
-        ExitKind::GicMmio,
-        ExitKind::ExceptionInjected,
-        ExitKind::System,
-        ExitKind::Kicked,
-        ExitKind::Unhandled,
-    ];
+    pub const ALL: [ExitKind; KINDS] = {
+        let mut all = [ExitKind::MmioRead; KINDS];
+        all[1] = ExitKind::MmioWrite;
+        let mut i = 0;
+        while i < HandledExit::ALL.len() {
+            all[2 + i] = ExitKind::Handled(HandledExit::ALL[i]);
+            i += 1;
+        }
+        all[KINDS - 3] = ExitKind::System;
+        all[KINDS - 2] = ExitKind::Kicked;
+        all[KINDS - 1] = ExitKind::Unhandled;
+        all
+    };
 
     /// The kind of `exit`.
     pub fn of(exit: &VmExit) -> ExitKind {
         match exit {
             VmExit::Mmio { write: None, .. } => ExitKind::MmioRead,
             VmExit::Mmio { write: Some(_), .. } => ExitKind::MmioWrite,
+            VmExit::Handled(handled) => ExitKind::Handled(*handled),
             VmExit::System(_) => ExitKind::System,
             VmExit::Kicked => ExitKind::Kicked,
-            VmExit::Handled(h) => match h {
-                HandledExit::Hypercall => ExitKind::Hypercall,
-                HandledExit::SysReg => ExitKind::SysReg,
-                HandledExit::Wfi => ExitKind::Wfi,
-                HandledExit::Wfe => ExitKind::Wfe,
-                HandledExit::VtimerActivated => ExitKind::VtimerActivated,
-                HandledExit::CacheMaintenance => ExitKind::CacheMaintenance,
-                HandledExit::GicMmio => ExitKind::GicMmio,
-                HandledExit::ExceptionInjected => ExitKind::ExceptionInjected,
-            },
             VmExit::Unhandled { .. } => ExitKind::Unhandled,
         }
     }
@@ -96,31 +85,23 @@ impl ExitKind {
         match self {
             ExitKind::MmioRead => "mmio-read",
             ExitKind::MmioWrite => "mmio-write",
-            ExitKind::Hypercall => "hypercall",
-            ExitKind::SysReg => "sysreg",
-            ExitKind::Wfi => "wfi",
-            ExitKind::Wfe => "wfe",
-            ExitKind::VtimerActivated => "vtimer",
-            ExitKind::CacheMaintenance => "cache-maintenance",
-            ExitKind::GicMmio => "gic-mmio",
-            ExitKind::ExceptionInjected => "exception-injected",
+            ExitKind::Handled(handled) => handled.name(),
             ExitKind::System => "system",
             ExitKind::Kicked => "kicked",
             ExitKind::Unhandled => "unhandled",
         }
     }
 
+    /// Position in [`ALL`](Self::ALL).
     fn index(self) -> usize {
-        self as usize
-    }
-}
-
-/// Names a system event for traces.
-pub fn system_event_name(event: SystemEvent) -> &'static str {
-    match event {
-        SystemEvent::PowerOff => "power-off",
-        SystemEvent::Reset => "reset",
-        SystemEvent::Crash => "crash",
+        match self {
+            ExitKind::MmioRead => 0,
+            ExitKind::MmioWrite => 1,
+            ExitKind::Handled(handled) => 2 + handled as usize,
+            ExitKind::System => KINDS - 3,
+            ExitKind::Kicked => KINDS - 2,
+            ExitKind::Unhandled => KINDS - 1,
+        }
     }
 }
 
@@ -291,7 +272,7 @@ pub struct RunStats {
     /// Wall-clock time the vCPUs ran (summed over reboots).
     pub run_time: Duration,
     /// The last boot's time to userspace, when the guest wrote the boot-time probe.
-    pub boot_time: Option<crate::boot_time::GuestBootTime>,
+    pub boot_time: Option<boot_time::GuestBootTime>,
 }
 
 impl RunStats {
@@ -397,6 +378,7 @@ pub fn fmt_ns(ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hv::SystemEvent;
 
     #[test]
     fn buckets_are_floor_log2() {
@@ -467,7 +449,7 @@ mod tests {
         let mut b = ExitStats::default();
         a.record(ExitKind::MmioRead, Duration::from_nanos(10));
         b.record(ExitKind::MmioRead, Duration::from_nanos(1000));
-        b.record(ExitKind::Hypercall, Duration::from_nanos(7));
+        b.record(ExitKind::Handled(HandledExit::Hypercall), Duration::from_nanos(7));
         let mut run = RunStats::default();
         run.add_run(vec![a, b], Duration::from_secs(1));
         let total = run.total();
@@ -477,7 +459,7 @@ mod tests {
         assert_eq!(total.all().count(), 3);
         // A second run (after a reboot) merges per vCPU.
         let mut c = ExitStats::default();
-        c.record(ExitKind::Wfi, Duration::from_micros(3));
+        c.record(ExitKind::Handled(HandledExit::Wfi), Duration::from_micros(3));
         run.add_run(vec![c], Duration::from_secs(1));
         assert_eq!(run.vcpus[0].total(), 2);
         assert_eq!(run.run_time, Duration::from_secs(2));
@@ -489,8 +471,13 @@ mod tests {
         assert_eq!(ExitKind::of(&mmio), ExitKind::MmioRead);
         let mmio = VmExit::Mmio { addr: 0, size: 4, write: Some(1) };
         assert_eq!(ExitKind::of(&mmio), ExitKind::MmioWrite);
-        assert_eq!(ExitKind::of(&VmExit::Handled(HandledExit::SysReg)), ExitKind::SysReg);
-        assert_eq!(ExitKind::of(&VmExit::Handled(HandledExit::Wfi)), ExitKind::Wfi);
+        for handled in HandledExit::ALL {
+            assert_eq!(ExitKind::of(&VmExit::Handled(handled)), ExitKind::Handled(handled));
+            assert_eq!(ExitKind::Handled(handled).name(), handled.name());
+        }
+        for (i, handled) in HandledExit::ALL.iter().enumerate() {
+            assert_eq!(*handled as usize, i, "HandledExit::ALL is in declaration order");
+        }
         assert_eq!(ExitKind::of(&VmExit::Kicked), ExitKind::Kicked);
         assert_eq!(ExitKind::of(&VmExit::System(SystemEvent::Reset)), ExitKind::System);
         for (i, kind) in ExitKind::ALL.iter().enumerate() {

@@ -11,9 +11,9 @@ use std::time::Instant;
 
 use devices::MmioBus;
 
+use super::exit::ExitAction;
 use crate::hv::{VmEntry, VmExit};
-use crate::stats::{system_event_name, ExitKind};
-use crate::vcpu::ExitAction;
+use crate::stats::ExitKind;
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
 #[derive(Debug)]
@@ -132,7 +132,7 @@ pub fn format_exit(out: &mut String, vcpu: u32, exit: &VmExit, action: &ExitActi
             let _ = write!(out, " ({})", bus.device_name(addr).unwrap_or("no device"));
         }
         VmExit::System(event) => {
-            let _ = write!(out, " {}", system_event_name(event));
+            let _ = write!(out, " {}", event.name());
         }
         VmExit::Unhandled { reason, detail } => {
             let _ = write!(out, " {reason} {detail:#x}");
