@@ -17,3 +17,4 @@ pub mod stop;
 pub mod trace;
 pub mod vcpu;
 pub mod vmm;
+pub mod vz;

@@ -57,12 +57,16 @@ struct Cli {
     /// Print every exit on one line to stderr (rate-limited: 1000 lines, then 200 a second).
     #[arg(long)]
     trace_exits: bool,
+    #[command(flatten)]
+    engine: hvrun::vz::cli::EngineArgs,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Measure what VM exits cost with built-in micro-guests (no kernel needed).
     Bench(BenchCli),
+    /// macOS guests on Apple's Virtualization.framework: install from an IPSW, run.
+    Macos(hvrun::vz::cli::MacosCli),
 }
 
 /// `hvrun bench`: built-in micro-guests time a batch of exits with the guest's virtual counter.
@@ -115,8 +119,10 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .init();
     let cli = Cli::parse();
-    if let Some(Command::Bench(bench)) = cli.command {
-        return ExitCode::from(run_bench(bench) as u8);
+    match cli.command {
+        Some(Command::Bench(bench)) => return ExitCode::from(run_bench(bench) as u8),
+        Some(Command::Macos(macos)) => return ExitCode::from(hvrun::vz::run_macos(macos) as u8),
+        None => {}
     }
     let Some(kernel) = cli.kernel else {
         return fail(exit_code::USAGE, "--kernel PATH is required");
@@ -141,6 +147,12 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(exit_code::USAGE, &e.to_string()),
     };
+    if cli.engine.engine == hvrun::vz::cli::Engine::Vz {
+        return ExitCode::from(hvrun::vz::run_linux(config, &cli.engine) as u8);
+    }
+    if let Err(e) = cli.engine.check_vmm() {
+        return fail(exit_code::USAGE, &e.to_string());
+    }
     ExitCode::from(run(&config) as u8)
 }
 
