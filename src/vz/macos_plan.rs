@@ -191,6 +191,9 @@ impl MacRunPlan {
         if self.recovery {
             needed.push(Feature::Recovery);
         }
+        if self.shares.iter().any(|s| s.tag == share::AUTOMOUNT) {
+            needed.push(Feature::Automount);
+        }
         needed
     }
 }
@@ -303,10 +306,20 @@ mod tests {
         let plan = MacRunPlan::new(&manifest(), &run_args()).unwrap();
         assert_eq!((plan.cpus, plan.mem_bytes, plan.display), (4, 8 << 30, MAC_DISPLAY));
         assert_eq!(plan.required_features(), [Feature::Engine]);
-        let more = RunArgs { cpus: Some(8), mem: Some("12G".into()), recovery: true, ..run_args() };
+        let tmp = std::env::temp_dir().display().to_string();
+        let more = RunArgs {
+            cpus: Some(8),
+            mem: Some("12G".into()),
+            recovery: true,
+            share: vec![format!("{tmp}:automount")],
+            ..run_args()
+        };
         let plan = MacRunPlan::new(&manifest(), &more).unwrap();
         assert_eq!((plan.cpus, plan.mem_bytes), (8, 12 << 30));
-        assert_eq!(plan.required_features(), [Feature::Engine, Feature::Recovery]);
+        assert_eq!(
+            plan.required_features(),
+            [Feature::Engine, Feature::Recovery, Feature::Automount]
+        );
         let few = RunArgs { cpus: Some(1), ..run_args() };
         assert!(MacRunPlan::new(&manifest(), &few).unwrap_err().to_string().contains("at least 2"));
         let small = RunArgs { mem: Some("2G".into()), ..run_args() };

@@ -22,12 +22,18 @@ pub mod staging;
 pub mod state;
 pub mod version;
 
+#[cfg(target_os = "macos")]
+mod macos;
+
 use crate::config::VmConfig;
 use crate::exit_code;
 use crate::stop::VmOutcome;
 use cli::{EngineArgs, MacosCli, MacosCommand};
 use errors::VzError;
-use plan::{VzConfigError, VzPlan};
+use plan::VzPlan;
+
+#[cfg(target_os = "macos")]
+pub use macos::VzHandle;
 
 /// `hvrun --engine vz ...`: boots the Linux guest of `config` on Virtualization.framework and
 /// returns hvrun's exit code.
@@ -39,8 +45,14 @@ pub fn run_linux(config: VmConfig, engine: &EngineArgs) -> i32 {
     run_linux_plan(config, plan)
 }
 
+#[cfg(target_os = "macos")]
+fn run_linux_plan(config: VmConfig, plan: VzPlan) -> i32 {
+    exit_for(macos::run_linux(config, &plan))
+}
+
+#[cfg(not(target_os = "macos"))]
 fn run_linux_plan(_config: VmConfig, _plan: VzPlan) -> i32 {
-    report(&VzConfigError::NotAMac.into())
+    report(&plan::VzConfigError::NotAMac.into())
 }
 
 /// `hvrun macos install|run`.
@@ -54,6 +66,12 @@ pub fn run_macos(cli: MacosCli) -> i32 {
     exit_for(result)
 }
 
+#[cfg(target_os = "macos")]
+fn install(plan: macos_plan::InstallPlan) -> Result<VmOutcome, VzError> {
+    macos::install(&plan).map(|()| VmOutcome::PowerOff)
+}
+
+#[cfg(not(target_os = "macos"))]
 fn install(_plan: macos_plan::InstallPlan) -> Result<VmOutcome, VzError> {
     Err(VzError::NotAMac("hvrun macos install"))
 }
@@ -69,6 +87,12 @@ fn run_bundle(args: &cli::RunArgs) -> Result<VmOutcome, VzError> {
     boot_bundle(bundle, plan)
 }
 
+#[cfg(target_os = "macos")]
+fn boot_bundle(bundle: bundle::Bundle, plan: macos_plan::MacRunPlan) -> Result<VmOutcome, VzError> {
+    macos::run_macos_guest(bundle, &plan)
+}
+
+#[cfg(not(target_os = "macos"))]
 fn boot_bundle(
     _bundle: bundle::Bundle,
     _plan: macos_plan::MacRunPlan,

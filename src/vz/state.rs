@@ -65,6 +65,18 @@ pub enum VzAction {
     ForceStop,
 }
 
+impl VzAction {
+    /// The action in a message: "cannot {verb} a VM that is paused".
+    pub fn verb(self) -> &'static str {
+        match self {
+            VzAction::Pause => "pause",
+            VzAction::Resume => "resume",
+            VzAction::RequestStop => "ask to shut down",
+            VzAction::ForceStop => "stop",
+        }
+    }
+}
+
 /// A control request that cannot be done now, or that failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VzControlError {
@@ -81,27 +93,24 @@ pub enum VzControlError {
 /// Whether `state` allows `action` (VZ's own `canPause`/`canResume`/`canRequestStop`/`canStop`
 /// are asked too on macOS; this gives the message).
 pub fn check_action(state: VzState, action: VzAction) -> Result<(), VzControlError> {
-    let (allowed, verb) = match action {
-        VzAction::Pause => (state == VzState::Running, "pause"),
-        VzAction::Resume => (state == VzState::Paused, "resume"),
+    let allowed = match action {
+        VzAction::Pause => state == VzState::Running,
+        VzAction::Resume => state == VzState::Paused,
         // A paused guest cannot react to the power button.
-        VzAction::RequestStop => (state == VzState::Running, "ask to shut down"),
-        VzAction::ForceStop => (
-            matches!(
-                state,
-                VzState::Running
-                    | VzState::Paused
-                    | VzState::Starting
-                    | VzState::Pausing
-                    | VzState::Resuming
-            ),
-            "stop",
+        VzAction::RequestStop => state == VzState::Running,
+        VzAction::ForceStop => matches!(
+            state,
+            VzState::Running
+                | VzState::Paused
+                | VzState::Starting
+                | VzState::Pausing
+                | VzState::Resuming
         ),
     };
     if allowed {
         Ok(())
     } else {
-        Err(VzControlError::NotNow { action: verb, state })
+        Err(VzControlError::NotNow { action: action.verb(), state })
     }
 }
 

@@ -71,6 +71,8 @@ pub enum Feature {
     MacKeyboard,
     /// `VZMacOSVirtualMachineStartOptions.startUpFromMacOSRecovery` (`--recovery`).
     Recovery,
+    /// `VZVirtioFileSystemDeviceConfiguration.macOSGuestAutomountTag` (`--share DIR:automount`).
+    Automount,
     /// `VZVirtualMachineView.automaticallyReconfiguresDisplay` (the guest display follows the
     /// window's size).
     DisplayFollowsWindow,
@@ -84,7 +86,7 @@ impl Feature {
         match self {
             Feature::Engine => MacosVersion::new(12, 0),
             Feature::DiskSerial => MacosVersion::new(12, 3),
-            Feature::VirtioGpu | Feature::MacTrackpad | Feature::Recovery => {
+            Feature::VirtioGpu | Feature::MacTrackpad | Feature::Recovery | Feature::Automount => {
                 MacosVersion::new(13, 0)
             }
             Feature::MacKeyboard | Feature::DisplayFollowsWindow => MacosVersion::new(14, 0),
@@ -101,6 +103,7 @@ impl Feature {
             Feature::MacTrackpad => "a trackpad for macOS guests",
             Feature::MacKeyboard => "a Mac keyboard for macOS guests",
             Feature::Recovery => "--recovery (booting macOS Recovery)",
+            Feature::Automount => "--share DIR:automount (the guest mounts it by itself)",
             Feature::DisplayFollowsWindow => "a guest display that follows the window size",
             Feature::Nested => "--nested on the vz engine",
         }
