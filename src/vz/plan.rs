@@ -276,6 +276,18 @@ mod tests {
     }
 
     #[test]
+    fn nested_asks_for_macos_15() {
+        let f = Fixture::new("nested");
+        let plan =
+            VzPlan::from_config(&f.config(VmArgs { nested: true, ..Default::default() }), &vz())
+                .unwrap();
+        assert!(plan.nested);
+        assert_eq!(plan.required_features(), [Feature::Engine, Feature::Nested]);
+        let plain = VzPlan::from_config(&f.config(VmArgs::default()), &vz()).unwrap();
+        assert_eq!(plain.required_features(), [Feature::Engine]);
+    }
+
+    #[test]
     fn default_command_lines_become_hvc0_and_the_users_stays() {
         let f = Fixture::new("cmdline");
         let serial = f.config(VmArgs::default());

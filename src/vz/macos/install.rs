@@ -184,9 +184,26 @@ fn install_into(
             break result;
         }
         bar.set_fraction(installation.fraction());
-        if sigint.count() > 0 && !cancelled {
-            cancelled = true;
-            installation.cancel();
+        match sigint.count() {
+            0 => {}
+            1 if !cancelled => {
+                cancelled = true;
+                installation.cancel();
+            }
+            1 => {}
+            // A second Ctrl-C: stop waiting for the installer to wind down; stop the VM.
+            _ => {
+                let stopped = vm.force_stop_async();
+                if wait_pumping(&stopped, Duration::from_secs(30)).is_none() {
+                    log::warn!("the installer's VM did not stop within 30 s");
+                }
+                break Some(FrameworkError {
+                    domain: "hvrun".into(),
+                    code: 0,
+                    description: "stopped with a second Ctrl-C".into(),
+                    reason: None,
+                });
+            }
         }
     };
     let percent = (installation.fraction().clamp(0.0, 1.0) * 100.0) as u32;
