@@ -30,7 +30,7 @@ pub struct MacIdentity {
 impl MacIdentity {
     /// Reads the identity the install stored; a hardware model this Mac cannot run means the
     /// bundle came from a Mac with a newer macOS.
-    pub fn load(bundle: &Bundle) -> Result<MacIdentity, VzError> {
+    pub fn load(bundle: &Bundle, host: MacosVersion) -> Result<MacIdentity, VzError> {
         let damaged = |what: &str| VzError::BundleIncomplete {
             path: bundle.root().to_owned(),
             reason: format!("its {what} is damaged"),
@@ -57,12 +57,18 @@ impl MacIdentity {
         if !bundle.path(AUX_STORAGE).is_file() {
             return Err(damaged(AUX_STORAGE));
         }
-        // SAFETY: a fresh allocation with the URL of an existing auxiliary storage file.
-        let aux = unsafe {
-            VZMacAuxiliaryStorage::initWithURL(
-                VZMacAuxiliaryStorage::alloc(),
-                &file_url(&bundle.path(AUX_STORAGE)),
-            )
+        let url = file_url(&bundle.path(AUX_STORAGE));
+        // `initWithURL:` is macOS 13's name for macOS 12's `initWithContentsOfURL:`, which 13
+        // deprecated; a selector the host lacks would abort, so the release decides.
+        let aux = if host >= MacosVersion::new(13, 0) {
+            // SAFETY: a fresh allocation with the URL of an existing auxiliary storage file.
+            unsafe { VZMacAuxiliaryStorage::initWithURL(VZMacAuxiliaryStorage::alloc(), &url) }
+        } else {
+            #[allow(deprecated)] // the only initialiser macOS 12 has
+            // SAFETY: as above.
+            unsafe {
+                VZMacAuxiliaryStorage::initWithContentsOfURL(VZMacAuxiliaryStorage::alloc(), &url)
+            }
         };
         Ok(MacIdentity { hardware_model, machine_id, aux })
     }

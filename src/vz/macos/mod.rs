@@ -124,7 +124,7 @@ pub fn run_linux(config: VmConfig, plan: &VzPlan) -> Result<VmOutcome, VzError> 
 pub fn run_macos_guest(bundle: Bundle, plan: &MacRunPlan) -> Result<VmOutcome, VzError> {
     let host = preflight(&plan.required_features())?;
     limits().check(plan.cpus, plan.mem_bytes, &plan.mem_text)?;
-    let id = mac_config::MacIdentity::load(&bundle)?;
+    let id = mac_config::MacIdentity::load(&bundle, host)?;
     let stop = Arc::new(StopSignal::new());
     // Headless: the terminal is the guest's virtio console (raw mode, Ctrl-A x). With a window:
     // the terminal stays cooked, and Ctrl-C asks the guest to shut down (twice: stops it).
