@@ -123,6 +123,9 @@ impl std::str::FromStr for DiskSpec {
 pub struct Disk {
     pub image: Arc<DiskImage>,
     pub serial: String,
+    /// Where the image is and its sync mode (the vz engine hands both to Virtualization.framework).
+    pub path: PathBuf,
+    pub sync: SyncMode,
 }
 
 /// Parses a memory size: a bare number is MiB (`2048`); `K`, `M`, `G`, `T` suffixes (optionally
@@ -275,7 +278,8 @@ impl VmConfig {
                 .parse()
                 .map_err(|problem| ConfigError::DiskSpec { spec: text.clone(), problem })?;
             let image = DiskImage::open(&spec.path, spec.read_only, spec.sync)?;
-            disks.push(Disk { image: Arc::new(image), serial: spec.serial });
+            let image = Arc::new(image);
+            disks.push(Disk { image, serial: spec.serial, path: spec.path, sync: spec.sync });
         }
         Ok(VmConfig {
             kernel,

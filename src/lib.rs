@@ -16,3 +16,4 @@ pub mod hv;
 pub mod stats;
 pub mod terminal;
 pub mod vmm;
+pub mod vz;

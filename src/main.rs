@@ -20,12 +20,16 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     vm: VmArgs,
+    #[command(flatten)]
+    engine: hvrun::vz::cli::EngineArgs,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Measure what VM exits cost with built-in micro-guests (no kernel needed).
     Bench(BenchCli),
+    /// macOS guests on Apple's Virtualization.framework: install from an IPSW, run.
+    Macos(hvrun::vz::cli::MacosCli),
 }
 
 /// `hvrun bench`: built-in micro-guests time a batch of exits with the guest's virtual counter.
@@ -58,7 +62,8 @@ struct BenchCli {
 }
 
 const EXIT_CODES: &str = "Exit codes: 0 guest powered off · 1 hvrun failed · 2 bad usage or \
-unsupported host · 3 guest reset with --no-reboot · 4 guest kernel panicked · 130 quit (Ctrl-A x)\n\
+unsupported host · 3 guest reset with --no-reboot · 4 guest kernel panicked · 130 quit (Ctrl-A x) \
+· 128+N stopped by signal N (SIGTERM: 143)\n\
 Console: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.";
 
 fn main() -> ExitCode {
@@ -66,13 +71,21 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .init();
     let cli = Cli::parse();
-    if let Some(Command::Bench(bench)) = cli.command {
-        return ExitCode::from(run_bench(bench) as u8);
+    match cli.command {
+        Some(Command::Bench(bench)) => return ExitCode::from(run_bench(bench) as u8),
+        Some(Command::Macos(macos)) => return ExitCode::from(hvrun::vz::run_macos(macos) as u8),
+        None => {}
     }
     let config = match VmConfig::from_args(&cli.vm) {
         Ok(config) => config,
         Err(e) => return fail(exit_code::USAGE, &e.to_string()),
     };
+    if cli.engine.engine == hvrun::vz::cli::Engine::Vz {
+        return ExitCode::from(hvrun::vz::run_linux(config, &cli.engine) as u8);
+    }
+    if let Err(e) = cli.engine.check_vmm() {
+        return fail(exit_code::USAGE, &e.to_string());
+    }
     ExitCode::from(run(&config) as u8)
 }
 

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Cargo runner for aarch64-apple-darwin (see .cargo/config.toml): gives the binary cargo built
-# the com.apple.security.hypervisor entitlement with an ad-hoc signature (no Apple developer
-# account needed), then runs it with the remaining arguments.
+# the entitlements of hvrun.entitlements (com.apple.security.hypervisor and
+# com.apple.security.virtualization) with an ad-hoc signature (no Apple developer account
+# needed), then runs it with the remaining arguments.
 #
 #   tests/macos-runner.sh BINARY [ARGS...]
 set -eu

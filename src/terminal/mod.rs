@@ -60,6 +60,13 @@ impl Terminal {
     /// afterwards and received by one thread of the terminal's own.
     pub fn start(control: Arc<VmControl>) -> Self {
         signals::stop_on_termination(control.clone());
+        Self::start_keeping_signals(control)
+    }
+
+    /// Like [`start`](Self::start), but leaves SIGTERM, SIGHUP and SIGINT alone, for an engine
+    /// that answers them itself (the Virtualization.framework engine asks the guest to shut
+    /// down first).
+    pub fn start_keeping_signals(control: Arc<VmControl>) -> Self {
         let raw_mode = enter_raw_mode();
         let input = input::start_reader(control, raw_mode);
         Terminal { input, output: ConsoleOutput::start(), raw_mode }

@@ -30,8 +30,10 @@ cache=$out/cache
 
 # Modules each initramfs loads at boot, with their dependencies. A name the kernel does not
 # have (as a module) is left out at build time.
-guest_modules=(virtio_mmio virtio_blk virtio_net virtio_console virtio-rng virtio_balloon
-               pvpanic pvpanic-mmio ext4)
+# virtio_pci: Virtualization.framework's devices are virtio-PCI (hvrun's are virtio-mmio), so
+# the same guest boots on `--engine vz` too (tests/macos-smoke-vz.sh).
+guest_modules=(virtio_mmio virtio_pci virtio_blk virtio_net virtio_console virtio-rng
+               virtio_balloon pvpanic pvpanic-mmio ext4)
 host_modules=(virtio_mmio 9pnet_virtio 9p)
 kernel_meta=${HVRUN_GUEST_KERNEL:-linux-image-arm64}
 
@@ -159,8 +161,10 @@ make_initrd() {
 
 make_initrd guest-initrd "${guest_modules[@]}" <<'EOF'
 # Userspace is up: tell hvrun's boot-time probe (boot::layout::BOOT_PROBE_BASE), the way
-# Firecracker's test init does, before anything else takes time.
-devmem 0x09020000 8 123
+# Firecracker's test init does, before anything else takes time — only on hvrun's machine
+# (its pvpanic node tells it apart): elsewhere, e.g. on Virtualization.framework, nothing
+# known sits at that address.
+[ -e /proc/device-tree/pvpanic@9010000 ] && devmem 0x09020000 8 123
 load_modules
 # The kernel gives init, as arguments, the words after " -- " on its command line.
 echo HVRUN-GUEST-READY >/dev/console
