@@ -8,18 +8,9 @@
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use super::psci::{ret, CpuOnRequest, PowerStateView, MPIDR_AFFINITY_MASK};
-use crate::hv::Reg;
+use super::Reg;
 
-/// A vCPU's PSCI power state (DEN0022 §5.7, AFFINITY_INFO).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PowerState {
-    /// Not running; its thread waits for CPU_ON.
-    Off,
-    /// CPU_ON accepted; its thread has not yet entered the guest.
-    OnPending,
-    /// Running guest code (or sleeping in WFI, which is still On).
-    On,
-}
+pub use super::psci::PowerState;
 
 /// Where and how a vCPU starts after CPU_ON.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,7 +11,6 @@
 pub mod errors;
 pub mod exit;
 pub mod gic;
-pub mod inject;
 pub mod ipa;
 pub mod kick;
 pub mod regs;

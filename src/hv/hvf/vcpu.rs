@@ -10,11 +10,11 @@ use hv_sys::*;
 
 use super::errors::check;
 use super::exit::{plan, ExitPlan};
-use super::inject::{inject, FromState, GuestException};
 use super::kick::Doorbell;
 use super::regs::{entry_pstate, hv_reg, HvReg};
 use super::vm::{GicBackend, VmShared};
 use crate::arch::aarch64::esr::{MmioAccess, MmioDecision, WaitKind};
+use crate::arch::aarch64::inject::{inject, FromState, GuestException};
 use crate::arch::aarch64::mpidr_for_vcpu;
 use crate::arch::aarch64::power::PowerWait;
 use crate::arch::aarch64::psci::{handle_call, pc_after_call, ret, PsciAction, SmcccCall};
