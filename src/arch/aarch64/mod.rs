@@ -3,7 +3,6 @@
 //! WFI and the virtual timer.
 
 pub mod esr;
-pub mod gic;
 pub mod inject;
 pub mod power;
 pub mod psci;

@@ -292,24 +292,25 @@ impl HvfVcpu {
     fn sysreg(&mut self, iss: u32) -> Result<VmExit> {
         let access = SysRegAccess::decode(iss);
         let rt_value = if access.read || access.rt == 31 { 0 } else { self.x(access.rt)? };
-        let gic = match &self.vm.gic {
-            GicBackend::Userspace(u) => Some((&u.gic, self.index)),
-            GicBackend::InKernel(_) => None,
+        let write = match emulate(&access, rt_value) {
+            SysRegOutcome::Complete(write) => Some(write),
+            SysRegOutcome::GicCpuInterface(forwarded) => match &self.vm.gic {
+                GicBackend::Userspace(u) => u.icc_access(self.index, &forwarded),
+                // With the in-kernel GIC the framework serves these without a trap.
+                GicBackend::InKernel(_) => None,
+            },
+            SysRegOutcome::Undefined => None,
         };
-        match emulate(&access, rt_value, gic) {
-            SysRegOutcome::Complete(write) => {
-                if let Some((reg, value)) = write {
-                    self.set_core(HV_REG_X0 + u32::from(reg), value)?;
-                }
-                self.skip_instruction()?;
-                Ok(VmExit::Handled(HandledExit::SysReg))
-            }
-            SysRegOutcome::Undefined => {
-                self.vm.undefined_sysregs.record(&access);
-                self.inject(GuestException::Undefined)?;
-                Ok(VmExit::Handled(HandledExit::ExceptionInjected))
-            }
+        let Some(write) = write else {
+            self.vm.undefined_sysregs.record(&access);
+            self.inject(GuestException::Undefined)?;
+            return Ok(VmExit::Handled(HandledExit::ExceptionInjected));
+        };
+        if let Some((reg, value)) = write {
+            self.set_core(HV_REG_X0 + u32::from(reg), value)?;
         }
+        self.skip_instruction()?;
+        Ok(VmExit::Handled(HandledExit::SysReg))
     }
 
     fn inject(&self, exception: GuestException) -> Result<()> {

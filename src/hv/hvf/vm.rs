@@ -14,7 +14,6 @@ use super::ipa::{choose_ipa_bits, IpaChoice};
 use super::kick::Doorbell;
 use super::vcpu::HvfVcpu;
 use super::{HostCaps, HvfOptions};
-use crate::arch::aarch64::gic::userspace_gic;
 use crate::arch::aarch64::mpidr_for_vcpu;
 use crate::arch::aarch64::power::VcpuPowerStates;
 use crate::arch::aarch64::sysreg::UndefinedSysRegs;
@@ -120,9 +119,9 @@ impl HvfVm {
         // From here on, dropping `vm` destroys the framework's VM.
         let gic = match caps.gic {
             Some(api) => GicBackend::InKernel(api),
-            None => GicBackend::Userspace(UserspaceGic::new(userspace_gic(spec.vcpus).map_err(
-                |e| HvError::new("creating the userspace GIC", std::io::Error::other(e)),
-            )?)),
+            None => GicBackend::Userspace(UserspaceGic::new(spec.vcpus).map_err(|e| {
+                HvError::new("creating the userspace GIC", std::io::Error::other(e))
+            })?),
         };
         let vm = HvfVm { shared: Arc::new(shared_state(gic, options, spec)) };
         match &vm.shared.gic {
