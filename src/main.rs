@@ -172,15 +172,12 @@ fn run(config: &VmConfig) -> i32 {
 
 #[cfg(target_os = "macos")]
 fn run(config: &VmConfig) -> i32 {
-    use hvrun::hv::hvf::{wfi, HvfHypervisor, HvfOptions};
+    use hvrun::hv::hvf::{HvfHypervisor, HvfOptions};
 
-    let mut options = HvfOptions { nested: config.nested, ..HvfOptions::default() };
-    if let Ok(text) = std::env::var(wfi::SPIN_THRESHOLD_ENV) {
-        match wfi::parse_spin_threshold(&text) {
-            Ok(threshold) => options.wfi_spin = threshold,
-            Err(e) => return fail_code(exit_code::USAGE, &e),
-        }
-    }
+    let options = match HvfOptions::from_env(config.nested) {
+        Ok(options) => options,
+        Err(e) => return fail_code(exit_code::USAGE, &e),
+    };
     // Every failure here means this Mac or this binary cannot run VMs (no Apple Silicon, a
     // macOS VM, no entitlement, no EL2): the "unsupported host" exit code, like a missing KVM.
     let hv = match HvfHypervisor::open(options) {

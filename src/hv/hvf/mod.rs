@@ -13,8 +13,8 @@ pub mod exit;
 pub mod gic;
 pub mod ipa;
 pub mod kick;
+pub mod options;
 pub mod regs;
-pub mod wfi;
 
 #[cfg(target_os = "macos")]
 mod vcpu;
@@ -23,21 +23,7 @@ mod vm;
 
 #[cfg(target_os = "macos")]
 pub use macos::*;
-
-/// Choices the user makes about the Hypervisor.framework backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HvfOptions {
-    /// Give the guest EL2 (`--nested`): macOS 15 on M3 or later.
-    pub nested: bool,
-    /// WFI does not sleep when the virtual timer is due sooner than this.
-    pub wfi_spin: std::time::Duration,
-}
-
-impl Default for HvfOptions {
-    fn default() -> Self {
-        HvfOptions { nested: false, wfi_spin: crate::arch::aarch64::timer::DEFAULT_SPIN_THRESHOLD }
-    }
-}
+pub use options::HvfOptions;
 
 #[cfg(target_os = "macos")]
 mod macos {
@@ -45,7 +31,7 @@ mod macos {
     use hv_sys::*;
 
     use super::errors::{check, no_hv_support_message};
-    use super::HvfOptions;
+    use super::options::HvfOptions;
     use crate::hv::{HostLimits, HvError, Hypervisor, Result, VmSpec};
     use boot::PsciConduit;
 
