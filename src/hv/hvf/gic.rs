@@ -8,6 +8,8 @@
 //! vCPU's MPIDR_EL1 before asking for its redistributor. The redistributor region holds one
 //! 128 KiB redistributor (RD_base + SGI_base frames) per vCPU the VM supports, contiguously.
 
+use hv_sys::newer::GicApi;
+
 use boot::layout;
 use devices::gic_v3::{GicError, GicV3, IccRegister, GICD_FRAME_SIZE, GICR_FRAME_SIZE, MAX_VCPUS};
 use devices::{BusError, MmioBus};
@@ -22,6 +24,15 @@ const _: () = {
     assert!(GICR_FRAME_SIZE == layout::GICR_SIZE_PER_VCPU);
     assert!(MAX_VCPUS >= layout::MAX_VCPUS as usize);
 };
+
+/// The VM's interrupt controller.
+pub enum GicBackend {
+    /// The framework's GICv3 (macOS 15).
+    InKernel(&'static GicApi),
+    /// hvrun's model (macOS 13/14): the backend serves its MMIO and ICC registers and drives
+    /// each vCPU's IRQ line with `hv_vcpu_set_pending_interrupt`.
+    Userspace(UserspaceGic),
+}
 
 /// Why the userspace GIC could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -161,10 +172,23 @@ mod macos {
 
     use super::{check_geometry, GicGeometry};
     use crate::hv::hvf::errors::check;
-    use crate::hv::hvf::vm::VmShared;
+    use crate::hv::hvf::kick::Doorbells;
     use crate::hv::{HvError, Result};
     use boot::layout;
+    use devices::gic_v3::VcpuWaker;
     use devices::IrqLine;
+
+    /// How the userspace GIC reaches a vCPU whose interrupt state changed: out of the guest
+    /// (`hv_vcpus_exit`) or out of its WFI sleep.
+    pub struct Waker(pub Arc<Doorbells>);
+
+    impl VcpuWaker for Waker {
+        fn wake(&self, vcpu: u32) {
+            if let Some(bell) = self.0.get(vcpu) {
+                bell.interrupt_vcpu();
+            }
+        }
+    }
 
     /// Reads the framework's GIC parameters.
     pub fn geometry(api: &GicApi) -> Result<GicGeometry> {
@@ -241,7 +265,8 @@ mod macos {
     pub struct InKernelSpi {
         pub api: &'static GicApi,
         pub intid: u32,
-        pub vm: Arc<VmShared>,
+        /// Every vCPU's doorbell, to end emulated WFI sleeps.
+        pub doorbells: Arc<Doorbells>,
         pub logged: AtomicBool,
     }
 
@@ -254,7 +279,7 @@ mod macos {
                 log::error!("{}", err.err().map(|e| e.to_string()).unwrap_or_default());
             }
             if high {
-                self.vm.wake_all();
+                self.doorbells.wake_all();
             }
         }
     }

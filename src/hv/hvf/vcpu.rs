@@ -10,9 +10,10 @@ use hv_sys::*;
 
 use super::errors::check;
 use super::exit::{plan, ExitPlan};
+use super::gic::GicBackend;
 use super::kick::Doorbell;
 use super::regs::{entry_pstate, hv_reg, HvReg};
-use super::vm::{GicBackend, VmShared};
+use super::shared::VmShared;
 use crate::arch::aarch64::esr::{MmioAccess, MmioDecision, WaitKind};
 use crate::arch::aarch64::inject::{inject, FromState, GuestException};
 use crate::arch::aarch64::mpidr_for_vcpu;
@@ -53,7 +54,7 @@ impl HvfVcpu {
     pub(super) fn create(vm: Arc<VmShared>, index: u32) -> Result<Self> {
         let doorbell = vm
             .doorbells
-            .get(index as usize)
+            .get(index)
             .cloned()
             .ok_or_else(|| invalid(&format!("vCPU {index} beyond the VM's vCPU count")))?;
         let mut id: hv_vcpu_t = 0;
@@ -83,8 +84,7 @@ impl HvfVcpu {
             vcpu.set_sys(HV_SYS_REG_ID_AA64PFR1_EL1, pfr1 & !(0xf << 24))?;
         }
         vcpu.check_redistributor();
-        vcpu.vm.handles[index as usize].store(id, Ordering::Release);
-        vcpu.vm.alive[index as usize].store(true, Ordering::Release);
+        vcpu.doorbell.attach(id);
         Ok(vcpu)
     }
 
@@ -454,7 +454,7 @@ impl HvfVcpu {
 
 impl Drop for HvfVcpu {
     fn drop(&mut self) {
-        self.vm.alive[self.index as usize].store(false, Ordering::Release);
+        self.doorbell.detach();
         // SAFETY: this thread created the vCPU and drops it here.
         if let Err(e) = check(unsafe { hv_vcpu_destroy(self.id) }, "hv_vcpu_destroy") {
             log::warn!("vCPU {}: {e}", self.index);
@@ -519,33 +519,23 @@ impl Vcpu for HvfVcpu {
     }
 
     fn kicker(&self) -> HvfKicker {
-        HvfKicker { id: self.id, index: self.index, vm: self.vm.clone() }
+        HvfKicker { index: self.index, vm: self.vm.clone() }
     }
 }
 
 /// Kicks one vCPU from any thread: out of the guest (`hv_vcpus_exit`), out of a WFI sleep
 /// (its doorbell), or out of the wait for CPU_ON (its power state).
 pub struct HvfKicker {
-    id: hv_vcpu_t,
     index: u32,
     vm: Arc<VmShared>,
 }
 
 impl Kicker for HvfKicker {
     fn kick(&self) {
-        if let Some(bell) = self.vm.doorbells.get(self.index as usize) {
-            bell.kick();
+        if let Some(bell) = self.vm.doorbells.get(self.index) {
+            bell.kick_vcpu();
         }
         self.vm.power.kick(self.index);
-        let alive =
-            self.vm.alive.get(self.index as usize).is_some_and(|a| a.load(Ordering::Acquire));
-        if alive {
-            // SAFETY: hv_vcpus_exit may be called from any thread; it reads one handle.
-            let ret = unsafe { hv_vcpus_exit(&self.id, 1) };
-            if ret != HV_SUCCESS {
-                log::debug!("kick: hv_vcpus_exit: {ret:#x}");
-            }
-        }
     }
 }
 

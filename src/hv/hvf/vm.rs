@@ -1,97 +1,26 @@
-//! A Hypervisor.framework VM: its configuration (IPA width, EL2), the in-kernel GIC, guest
-//! memory, and the state its vCPU threads share (power states, doorbells, the vtimer offset).
+//! A Hypervisor.framework VM: its configuration (IPA width, EL2), its interrupt controller,
+//! guest memory, and the state its vCPU threads share (`shared.rs`).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use hv_sys::newer::{El2Api, GicApi};
+use hv_sys::newer::El2Api;
 use hv_sys::*;
 
+use super::caps::HostCaps;
 use super::errors::check;
-use super::gic::{self, UserspaceGic};
+use super::gic::{self, GicBackend, UserspaceGic};
 use super::ipa::{choose_ipa_bits, IpaChoice};
-use super::kick::Doorbell;
+use super::kick::Doorbells;
 use super::options::HvfOptions;
+use super::shared::VmShared;
 use super::vcpu::HvfVcpu;
-use super::HostCaps;
 use crate::arch::aarch64::mpidr_for_vcpu;
 use crate::arch::aarch64::power::VcpuPowerStates;
 use crate::arch::aarch64::sysreg::UndefinedSysRegs;
 use crate::arch::aarch64::timer::VtimerOffset;
 use crate::hv::{HvError, MemoryPerms, Result, Vm, VmSpec};
-use devices::gic_v3::VcpuWaker;
 use devices::IrqLine;
-
-/// The VM's interrupt controller.
-pub enum GicBackend {
-    /// The framework's GICv3 (macOS 15).
-    InKernel(&'static GicApi),
-    /// hvrun's model (macOS 13/14): the backend serves its MMIO and ICC registers and drives
-    /// each vCPU's IRQ line with `hv_vcpu_set_pending_interrupt`.
-    Userspace(UserspaceGic),
-}
-
-/// What a VM's vCPU threads share.
-pub struct VmShared {
-    /// PSCI power states and the CPU_ON mailbox.
-    pub power: VcpuPowerStates,
-    /// One per vCPU: kicks and WFI wake-ups.
-    pub doorbells: Vec<Arc<Doorbell>>,
-    /// Whether vCPU `i` exists (so a kick may call `hv_vcpus_exit` on it).
-    pub alive: Vec<AtomicBool>,
-    /// The framework's handle of vCPU `i`, once created.
-    pub handles: Vec<AtomicU64>,
-    pub gic: GicBackend,
-    /// Guest accesses to system registers hvrun does not emulate (each got an UNDEF).
-    pub undefined_sysregs: UndefinedSysRegs,
-    /// An injected exception for an unemulated trap was logged (once per VM).
-    pub injected_logged: AtomicBool,
-    /// The guest runs at EL2 (`--nested`).
-    pub el2: bool,
-    /// One vtimer offset for every vCPU: booting.rst requires CNTVOFF to be the same on all
-    /// CPUs. `CNTVCT_EL0 = mach_absolute_time() - offset`, so the guest's count starts at 0.
-    pub vtimer_offset: u64,
-    /// The counter frequency (`mach_absolute_time` ticks per second; the guest's CNTFRQ).
-    pub counter_hz: u64,
-    /// WFI does not sleep when the timer is due sooner than this.
-    pub wfi_spin: Duration,
-}
-
-impl VmShared {
-    /// Ends the WFI sleep of every vCPU (an interrupt may be pending for one of them).
-    pub fn wake_all(&self) {
-        for bell in &self.doorbells {
-            bell.wake();
-        }
-    }
-
-    /// Makes vCPU `index` look at its interrupts again: out of a WFI sleep, and out of the
-    /// guest if it is running (its IRQ line is set before each entry).
-    pub fn interrupt(&self, index: u32) {
-        let i = index as usize;
-        if let Some(bell) = self.doorbells.get(i) {
-            bell.wake();
-        }
-        if self.alive.get(i).is_some_and(|a| a.load(Ordering::Acquire)) {
-            let handle = self.handles[i].load(Ordering::Acquire);
-            // SAFETY: hv_vcpus_exit may be called from any thread; it reads one handle. A vCPU
-            // destroyed just after the check makes it fail harmlessly.
-            unsafe { hv_vcpus_exit(&handle, 1) };
-        }
-    }
-}
-
-/// The userspace GIC's way to reach vCPUs. Weak, because the GIC lives inside [`VmShared`].
-struct Waker(Weak<VmShared>);
-
-impl VcpuWaker for Waker {
-    fn wake(&self, vcpu: u32) {
-        if let Some(vm) = self.0.upgrade() {
-            vm.interrupt(vcpu);
-        }
-    }
-}
 
 /// The process's one VM.
 pub struct HvfVm {
@@ -118,18 +47,20 @@ impl HvfVm {
         }
         created?;
         // From here on, dropping `vm` destroys the framework's VM.
+        let doorbells = Arc::new(Doorbells::new(spec.vcpus));
         let gic = match caps.gic {
             Some(api) => GicBackend::InKernel(api),
-            None => GicBackend::Userspace(UserspaceGic::new(spec.vcpus).map_err(|e| {
-                HvError::new("creating the userspace GIC", std::io::Error::other(e))
-            })?),
-        };
-        let vm = HvfVm { shared: Arc::new(shared_state(gic, options, spec)) };
-        match &vm.shared.gic {
-            GicBackend::InKernel(api) => gic::create(api)?,
-            GicBackend::Userspace(u) => {
-                u.gic.set_waker(Arc::new(Waker(Arc::downgrade(&vm.shared))))
+            None => {
+                let userspace = UserspaceGic::new(spec.vcpus).map_err(|e| {
+                    HvError::new("creating the userspace GIC", std::io::Error::other(e))
+                })?;
+                userspace.gic.set_waker(Arc::new(gic::Waker(doorbells.clone())));
+                GicBackend::Userspace(userspace)
             }
+        };
+        let vm = HvfVm { shared: Arc::new(shared_state(gic, doorbells, options, spec)) };
+        if let GicBackend::InKernel(api) = &vm.shared.gic {
+            gic::create(api)?;
         }
         Ok(vm)
     }
@@ -155,14 +86,17 @@ fn configure(config: hv_vm_config_t, ipa: IpaChoice, nested: bool) -> Result<()>
     Ok(())
 }
 
-fn shared_state(gic: GicBackend, options: &HvfOptions, spec: &VmSpec) -> VmShared {
+fn shared_state(
+    gic: GicBackend,
+    doorbells: Arc<Doorbells>,
+    options: &HvfOptions,
+    spec: &VmSpec,
+) -> VmShared {
     // SAFETY: mach_absolute_time has no preconditions.
     let vtimer = VtimerOffset::starting_at(unsafe { mach_absolute_time() });
     VmShared {
         power: VcpuPowerStates::new((0..spec.vcpus).map(mpidr_for_vcpu).collect()),
-        doorbells: (0..spec.vcpus).map(|_| Arc::new(Doorbell::new())).collect(),
-        alive: (0..spec.vcpus).map(|_| AtomicBool::new(false)).collect(),
-        handles: (0..spec.vcpus).map(|_| AtomicU64::new(0)).collect(),
+        doorbells,
         gic,
         undefined_sysregs: UndefinedSysRegs::default(),
         injected_logged: AtomicBool::new(false),
@@ -235,7 +169,7 @@ impl Vm for HvfVm {
             GicBackend::InKernel(api) => Some(Arc::new(gic::InKernelSpi {
                 api,
                 intid: 32 + spi,
-                vm: self.shared.clone(),
+                doorbells: self.shared.doorbells.clone(),
                 logged: AtomicBool::new(false),
             }) as Arc<dyn IrqLine>),
             GicBackend::Userspace(u) => u.gic.spi_line(spi),

@@ -1,0 +1,33 @@
+//! What the vCPU threads of one Hypervisor.framework VM share: PSCI power states, doorbells,
+//! the interrupt controller, the vtimer offset and counter frequency, and the once-only logs.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::gic::GicBackend;
+use super::kick::Doorbells;
+use crate::arch::aarch64::power::VcpuPowerStates;
+use crate::arch::aarch64::sysreg::UndefinedSysRegs;
+
+/// What a VM's vCPU threads share.
+pub struct VmShared {
+    /// PSCI power states and the CPU_ON mailbox.
+    pub power: VcpuPowerStates,
+    /// One per vCPU: kicks, WFI wake-ups, and the handle `hv_vcpus_exit` needs.
+    pub doorbells: Arc<Doorbells>,
+    pub gic: GicBackend,
+    /// Guest accesses to system registers hvrun does not emulate (each got an UNDEF).
+    pub undefined_sysregs: UndefinedSysRegs,
+    /// An injected exception for an unemulated trap was logged (once per VM).
+    pub injected_logged: AtomicBool,
+    /// The guest runs at EL2 (`--nested`).
+    pub el2: bool,
+    /// One vtimer offset for every vCPU: booting.rst requires CNTVOFF to be the same on all
+    /// CPUs. `CNTVCT_EL0 = mach_absolute_time() - offset`, so the guest's count starts at 0.
+    pub vtimer_offset: u64,
+    /// The counter frequency (`mach_absolute_time` ticks per second; the guest's CNTFRQ).
+    pub counter_hz: u64,
+    /// WFI does not sleep when the timer is due sooner than this.
+    pub wfi_spin: Duration,
+}
