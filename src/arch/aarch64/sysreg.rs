@@ -67,6 +67,8 @@ pub mod regs {
     pub const ICC_IAR1_EL1: SysReg = SysReg::new(3, 0, 12, 12, 0);
     pub const ICC_PMR_EL1: SysReg = SysReg::new(3, 0, 4, 6, 0);
     pub const ID_AA64PFR0_EL1: SysReg = SysReg::new(3, 0, 0, 4, 0);
+    pub const LORC_EL1: SysReg = SysReg::new(3, 0, 10, 4, 3);
+    pub const CNTHCTL_EL2: SysReg = SysReg::new(3, 4, 14, 1, 0);
 }
 
 /// One trapped access, decoded from the ISS.
@@ -97,12 +99,25 @@ impl SysRegAccess {
 /// unlocks it at boot. KVM reports OSLM the same way.
 pub const OSLSR_EL1_VALUE: u64 = 0b1000;
 
+/// What about the VM changes the policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SysRegContext {
+    /// The guest has EL2 (`--nested`).
+    pub el2: bool,
+}
+
 /// How hvrun treats a trapped register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SysRegClass {
     /// A GIC CPU-interface register (ICC_*_EL1): handled by the userspace GIC when there is
     /// one; with an in-kernel GIC these do not trap at all.
     GicCpuInterface,
+    /// The hypervisor traps the access but keeps the register itself: read or write its copy
+    /// (`hv_vcpu_{get,set}_sys_reg`). With EL2 enabled Hypervisor.framework traps CNTHCTL_EL2
+    /// and MDCCINT_EL1 and expects the VMM to pass them through (QEMU, "hvf: arm: ... HVF traps
+    /// accesses to CNTHCTL_EL2"); Linux writes CNTHCTL_EL2 in `__init_el2_timers` on every
+    /// boot at EL2 (arch/arm64/include/asm/el2_setup.h).
+    Hypervisor,
     /// Reads return the value, writes are ignored. PMU registers (no vPMU: PMCR_EL0.N = 0, no
     /// counters), the OS lock and debug registers (no self-hosted debug: MDSCR_EL1 and the
     /// breakpoint/watchpoint registers read 0, so the guest sees none armed), and the ID
@@ -113,15 +128,24 @@ pub enum SysRegClass {
     Undefined,
 }
 
-/// The policy: what a trapped access to `reg` means.
-pub fn classify(reg: SysReg) -> SysRegClass {
+/// The policy: what a trapped access to `reg` means in a VM like `ctx`.
+pub fn classify(reg: SysReg, ctx: SysRegContext) -> SysRegClass {
     use regs::*;
     let SysReg { op0, op1, crn, crm, op2 } = reg;
     if is_gic_cpu_interface(reg) {
         return SysRegClass::GicCpuInterface;
     }
+    if ctx.el2 && (reg == CNTHCTL_EL2 || reg == MDCCINT_EL1) {
+        return SysRegClass::Hypervisor;
+    }
     if reg == OSLSR_EL1 {
         return SysRegClass::Constant(OSLSR_EL1_VALUE);
+    }
+    // LORegions are not implemented (ID_AA64MMFR1_EL1.LO reads 0 on Apple cores), yet Linux
+    // zeroes LORC_EL1 in `__init_el2_lor` when it boots at EL2 without checking: RAZ/WI, as
+    // QEMU's HVF backend does ("Stub out LORC_EL1 accesses").
+    if reg == LORC_EL1 {
+        return SysRegClass::Constant(0);
     }
     let debug_fixed = [
         OSLAR_EL1,
@@ -197,21 +221,25 @@ pub enum SysRegOutcome {
     /// backend finishes it as [`Self::Complete`]. Without a userspace GIC (or if the GIC does
     /// not implement the register) the backend injects UNDEF.
     GicCpuInterface(ForwardedAccess),
+    /// The hypervisor's own copy of the register: the backend reads or writes it, then
+    /// finishes as [`Self::Complete`] (UNDEF if the hypervisor refuses).
+    Hypervisor(ForwardedAccess),
     /// Inject UNDEF at the instruction (the PC stays on it).
     Undefined,
 }
 
-/// Emulates one trapped access. `rt_value` is the value of Rt for a write (ignored for reads;
-/// XZR is taken as 0 here).
-pub fn emulate(access: &SysRegAccess, rt_value: u64) -> SysRegOutcome {
+/// Emulates one trapped access in a VM like `ctx`. `rt_value` is the value of Rt for a write
+/// (ignored for reads; XZR is taken as 0 here).
+pub fn emulate(access: &SysRegAccess, rt_value: u64, ctx: SysRegContext) -> SysRegOutcome {
     let rt = (access.rt != 31).then_some(access.rt);
     let write_value = if rt.is_some() { rt_value } else { 0 };
     let forward = |reg| ForwardedAccess {
         reg,
         op: if access.read { ForwardedOp::Read { rt } } else { ForwardedOp::Write(write_value) },
     };
-    match classify(access.reg) {
+    match classify(access.reg, ctx) {
         SysRegClass::GicCpuInterface => SysRegOutcome::GicCpuInterface(forward(access.reg)),
+        SysRegClass::Hypervisor => SysRegOutcome::Hypervisor(forward(access.reg)),
         SysRegClass::Constant(value) if access.read => {
             SysRegOutcome::Complete(rt.map(|rt| (rt, value)))
         }

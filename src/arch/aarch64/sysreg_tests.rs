@@ -87,14 +87,46 @@ fn policy_table() {
         (SysReg::new(2, 0, 0, 2, 3), Undefined),   // not a debug register
     ];
     for (reg, want) in table {
-        assert_eq!(classify(reg), want, "{reg:?}");
+        assert_eq!(classify(reg, EL1), want, "{reg:?}");
     }
+}
+
+const EL1: SysRegContext = SysRegContext { el2: false };
+const NESTED: SysRegContext = SysRegContext { el2: true };
+
+/// Finding 1 of reviews/hvf-review.md: what an EL2 guest's Linux touches in `init_el2`.
+#[test]
+fn el2_registers_hvf_traps_go_to_the_hypervisor_with_nested() {
+    use SysRegClass::*;
+    let table = [
+        // (register, EL1 guest, EL2 guest)
+        (CNTHCTL_EL2, Undefined, Hypervisor),
+        (MDCCINT_EL1, Constant(0), Hypervisor),
+        (LORC_EL1, Constant(0), Constant(0)),
+        (OSLAR_EL1, Constant(0), Constant(0)),
+        (SysReg::new(3, 4, 1, 1, 0), Undefined, Undefined), // HCR_EL2: never traps to us
+    ];
+    for (reg, el1, el2) in table {
+        assert_eq!(classify(reg, EL1), el1, "{reg:?} at EL1");
+        assert_eq!(classify(reg, NESTED), el2, "{reg:?} with EL2");
+    }
+    // msr cnthctl_el2, x3 / mrs x5, cnthctl_el2 / msr lorc_el1, xzr
+    let write = emulate(&SysRegAccess { reg: CNTHCTL_EL2, rt: 3, read: false }, 0x3, NESTED);
+    let want = ForwardedAccess { reg: CNTHCTL_EL2, op: ForwardedOp::Write(0x3) };
+    assert_eq!(write, SysRegOutcome::Hypervisor(want));
+    let read = emulate(&SysRegAccess { reg: CNTHCTL_EL2, rt: 5, read: true }, 0, NESTED);
+    let want = ForwardedAccess { reg: CNTHCTL_EL2, op: ForwardedOp::Read { rt: Some(5) } };
+    assert_eq!(read, SysRegOutcome::Hypervisor(want));
+    let lorc = emulate(&SysRegAccess { reg: LORC_EL1, rt: 31, read: false }, 0, NESTED);
+    assert_eq!(lorc, SysRegOutcome::Complete(None));
+    let lorc = emulate(&SysRegAccess { reg: LORC_EL1, rt: 2, read: true }, 0, EL1);
+    assert_eq!(lorc, SysRegOutcome::Complete(Some((2, 0))), "reads as zero");
 }
 
 #[test]
 fn emulation() {
-    let read = |reg, rt| emulate(&SysRegAccess { reg, rt, read: true }, 0xdead);
-    let write = |reg| emulate(&SysRegAccess { reg, rt: 2, read: false }, 0xdead);
+    let read = |reg, rt| emulate(&SysRegAccess { reg, rt, read: true }, 0xdead, EL1);
+    let write = |reg| emulate(&SysRegAccess { reg, rt: 2, read: false }, 0xdead, EL1);
     assert_eq!(read(OSLSR_EL1, 3), SysRegOutcome::Complete(Some((3, 0b1000))));
     assert_eq!(read(PMCR_EL0, 0), SysRegOutcome::Complete(Some((0, 0))));
     assert_eq!(read(PMCR_EL0, 31), SysRegOutcome::Complete(None), "XZR discards the result");
@@ -106,7 +138,7 @@ fn emulation() {
 
 #[test]
 fn gic_registers_are_handed_back_as_data() {
-    let forwarded = |access: SysRegAccess, rt_value| match emulate(&access, rt_value) {
+    let forwarded = |access: SysRegAccess, rt_value| match emulate(&access, rt_value, EL1) {
         SysRegOutcome::GicCpuInterface(f) => f,
         other => panic!("{access:?}: {other:?}"),
     };

@@ -289,7 +289,7 @@ mod macos {
 mod tests {
     use super::*;
     use crate::arch::aarch64::sysreg::{
-        emulate, is_gic_cpu_interface, regs, SysReg, SysRegAccess, SysRegOutcome,
+        emulate, is_gic_cpu_interface, regs, SysReg, SysRegAccess, SysRegContext, SysRegOutcome,
     };
 
     #[test]
@@ -340,7 +340,7 @@ mod tests {
         access: SysRegAccess,
         rt_value: u64,
     ) -> Option<(u8, u64)> {
-        match emulate(&access, rt_value) {
+        match emulate(&access, rt_value, SysRegContext::default()) {
             SysRegOutcome::GicCpuInterface(f) => gic.icc_access(vcpu, &f).expect("implemented"),
             other => panic!("{access:?}: {other:?}"),
         }
@@ -374,9 +374,11 @@ mod tests {
                     let reg = SysReg::new(3, 0, crn, crm, op2);
                     let modelled = IccRegister::from_encoding(3, 0, crn, crm, op2).is_some();
                     assert!(!modelled || is_gic_cpu_interface(reg), "{reg:?}");
-                    if let SysRegOutcome::GicCpuInterface(f) =
-                        emulate(&SysRegAccess { reg, rt: 0, read: true }, 0)
-                    {
+                    if let SysRegOutcome::GicCpuInterface(f) = emulate(
+                        &SysRegAccess { reg, rt: 0, read: true },
+                        0,
+                        SysRegContext::default(),
+                    ) {
                         assert_eq!(gic.icc_access(0, &f).is_some(), modelled, "{reg:?}");
                     }
                 }

@@ -12,14 +12,16 @@ use super::errors::check;
 use super::exit::{plan, ExitPlan};
 use super::gic::GicBackend;
 use super::kick::Doorbell;
-use super::regs::{entry_pstate, hv_reg, HvReg};
+use super::regs::{entry_pstate, hv_reg, hv_sys_reg, HvReg};
 use super::shared::VmShared;
 use crate::arch::aarch64::esr::{MmioAccess, MmioDecision, WaitKind};
 use crate::arch::aarch64::inject::{inject, FromState, GuestException};
 use crate::arch::aarch64::mpidr_for_vcpu;
 use crate::arch::aarch64::power::PowerWait;
 use crate::arch::aarch64::psci::{handle_call, pc_after_call, ret, PsciAction, SmcccCall};
-use crate::arch::aarch64::sysreg::{emulate, SysRegAccess, SysRegOutcome};
+use crate::arch::aarch64::sysreg::{
+    emulate, ForwardedAccess, ForwardedOp, SysRegAccess, SysRegContext, SysRegOutcome,
+};
 use crate::arch::aarch64::timer::{vtimer_should_unmask, wfi_decision, WfiDecision, WfiInputs};
 use crate::hv::{HandledExit, HvError, Kicker, Reg, Result, SystemEvent, Vcpu, VmEntry, VmExit};
 use boot::layout;
@@ -292,8 +294,10 @@ impl HvfVcpu {
     fn sysreg(&mut self, iss: u32) -> Result<VmExit> {
         let access = SysRegAccess::decode(iss);
         let rt_value = if access.read || access.rt == 31 { 0 } else { self.x(access.rt)? };
-        let write = match emulate(&access, rt_value) {
+        let ctx = SysRegContext { el2: self.vm.el2 };
+        let write = match emulate(&access, rt_value, ctx) {
             SysRegOutcome::Complete(write) => Some(write),
+            SysRegOutcome::Hypervisor(forwarded) => self.framework_sysreg(&forwarded),
             SysRegOutcome::GicCpuInterface(forwarded) => match &self.vm.gic {
                 GicBackend::Userspace(u) => u.icc_access(self.index, &forwarded),
                 // With the in-kernel GIC the framework serves these without a trap.
@@ -311,6 +315,16 @@ impl HvfVcpu {
         }
         self.skip_instruction()?;
         Ok(VmExit::Handled(HandledExit::SysReg))
+    }
+
+    /// Reads or writes the framework's copy of a register it trapped; `None` if it refuses the
+    /// register (the caller injects UNDEF and logs it once).
+    fn framework_sysreg(&self, access: &ForwardedAccess) -> Option<Option<(u8, u64)>> {
+        let reg = hv_sys_reg(access.reg);
+        match access.op {
+            ForwardedOp::Read { .. } => self.get_sys(reg).ok().map(|v| access.completion(v)),
+            ForwardedOp::Write(value) => self.set_sys(reg, value).ok().map(|()| None),
+        }
     }
 
     fn inject(&self, exception: GuestException) -> Result<()> {
