@@ -12,10 +12,12 @@ use super::errors::check;
 use super::exit::{plan, ExitPlan};
 use super::gic::GicBackend;
 use super::kick::Doorbell;
-use super::regs::{entry_pstate, hv_reg, hv_sys_reg, HvReg};
+use super::regs::{entry_pstate, exception_regs, hv_reg, hv_sys_reg, HvReg};
 use super::shared::VmShared;
 use crate::arch::aarch64::esr::{MmioAccess, MmioDecision, WaitKind};
-use crate::arch::aarch64::inject::{inject, FromState, GuestException};
+use crate::arch::aarch64::inject::{
+    current_el, inject, target_el, FromState, GuestException, TargetState,
+};
 use crate::arch::aarch64::mpidr_for_vcpu;
 use crate::arch::aarch64::power::PowerWait;
 use crate::arch::aarch64::psci::{handle_call, pc_after_call, ret, PsciAction, SmcccCall};
@@ -327,19 +329,32 @@ impl HvfVcpu {
         }
     }
 
+    /// Delivers `exception` at the EL the architecture takes it to: EL1, or EL2 for a guest
+    /// running at EL2 (`--nested`) — never to EL1 from EL2.
     fn inject(&self, exception: GuestException) -> Result<()> {
-        let from = FromState {
-            pstate: self.get_core(HV_REG_CPSR)?,
-            pc: self.get_core(HV_REG_PC)?,
-            vbar: self.get_sys(HV_SYS_REG_VBAR_EL1)?,
+        let from = FromState { pstate: self.get_core(HV_REG_CPSR)?, pc: self.get_core(HV_REG_PC)? };
+        // HCR_EL2 matters only to a guest with EL2: routing from EL0 (TGE), and PAN at EL2 (E2H).
+        let hcr_el2 = if self.vm.el2 { Some(self.get_sys(HV_SYS_REG_HCR_EL2)?) } else { None };
+        let el = target_el(from.pstate, hcr_el2);
+        let regs = exception_regs(el);
+        let target = TargetState {
+            el,
+            vbar: self.get_sys(regs.vbar)?,
+            sctlr: self.get_sys(regs.sctlr)?,
+            hcr_el2: hcr_el2.unwrap_or(0),
         };
-        let to = inject(exception, from);
-        self.set_sys(HV_SYS_REG_ESR_EL1, to.esr_el1)?;
-        if let Some(far) = to.far_el1 {
-            self.set_sys(HV_SYS_REG_FAR_EL1, far)?;
+        let to = inject(exception, from, target);
+        log::debug!(
+            "vCPU {}: {exception:?} from EL{} injected at {el:?}",
+            self.index,
+            current_el(from.pstate)
+        );
+        self.set_sys(regs.esr, to.esr)?;
+        if let Some(far) = to.far {
+            self.set_sys(regs.far, far)?;
         }
-        self.set_sys(HV_SYS_REG_ELR_EL1, to.elr_el1)?;
-        self.set_sys(HV_SYS_REG_SPSR_EL1, to.spsr_el1)?;
+        self.set_sys(regs.elr, to.elr)?;
+        self.set_sys(regs.spsr, to.spsr)?;
         self.set_core(HV_REG_CPSR, to.pstate)?;
         self.set_core(HV_REG_PC, to.pc)
     }
