@@ -3,6 +3,7 @@
 //! WFI and the virtual timer.
 
 pub mod esr;
+pub mod features;
 pub mod inject;
 pub mod power;
 pub mod psci;
