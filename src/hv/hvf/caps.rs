@@ -21,8 +21,43 @@ mod macos {
     use hv_sys::*;
 
     use super::HostCaps;
+    use crate::arch::aarch64::timer::{timebase_hz, CounterRates};
     use crate::hv::hvf::errors::check;
     use crate::hv::Result;
+
+    /// CNTFRQ_EL0 as this process reads it: the rate of the counter its VMs see (macOS scales
+    /// it for the process and, reportedly, its VMs alike: utmapp/UTM#6942).
+    #[cfg(target_arch = "aarch64")]
+    pub fn cntfrq_el0() -> u64 {
+        let hz: u64;
+        // SAFETY: reads a system register EL0 may read (CNTKCTL_EL1 allows it on macOS);
+        // no memory is touched.
+        unsafe { std::arch::asm!("mrs {}, cntfrq_el0", out(reg) hz, options(nomem, nostack)) };
+        hz
+    }
+
+    /// Not an arm64 Mac: no counter register to read (CounterRates falls back).
+    #[cfg(not(target_arch = "aarch64"))]
+    pub fn cntfrq_el0() -> u64 {
+        0
+    }
+
+    /// Ticks per second of `mach_absolute_time`, the clock the vtimer offset is defined
+    /// against.
+    pub fn mach_hz() -> Option<u64> {
+        let mut info = mach_timebase_info_data_t::default();
+        // SAFETY: writes the two fields of `info`.
+        let ret = unsafe { mach_timebase_info(&mut info) };
+        if ret != 0 {
+            return None;
+        }
+        timebase_hz(info.numer, info.denom)
+    }
+
+    /// The guest counter's rate and the host clock's, read once per VM.
+    pub fn counter_rates() -> CounterRates {
+        CounterRates::new(cntfrq_el0(), mach_hz())
+    }
 
     /// Reads the limits of the framework. Needs a VM to exist (the probe VM of
     /// `HvfHypervisor::open`).

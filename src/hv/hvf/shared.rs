@@ -9,6 +9,7 @@ use super::gic::GicBackend;
 use super::kick::Doorbells;
 use crate::arch::aarch64::power::VcpuPowerStates;
 use crate::arch::aarch64::sysreg::UndefinedSysRegs;
+use crate::arch::aarch64::timer::CounterRates;
 
 /// What a VM's vCPU threads share.
 pub struct VmShared {
@@ -21,13 +22,16 @@ pub struct VmShared {
     pub undefined_sysregs: UndefinedSysRegs,
     /// An injected exception for an unemulated trap was logged (once per VM).
     pub injected_logged: AtomicBool,
+    /// An implausibly distant timer deadline was logged (once per VM).
+    pub timer_warned: AtomicBool,
     /// The guest runs at EL2 (`--nested`).
     pub el2: bool,
     /// One vtimer offset for every vCPU: booting.rst requires CNTVOFF to be the same on all
-    /// CPUs. `CNTVCT_EL0 = mach_absolute_time() - offset`, so the guest's count starts at 0.
+    /// CPUs. `CNTVCT_EL0 = mach_absolute_time() - offset` (`hv_vcpu.h`), in host clock ticks,
+    /// so the guest's count starts at 0.
     pub vtimer_offset: u64,
-    /// The counter frequency (`mach_absolute_time` ticks per second; the guest's CNTFRQ).
-    pub counter_hz: u64,
+    /// The guest counter's rate (CNTFRQ_EL0) and the host clock's, to convert between them.
+    pub counter: CounterRates,
     /// WFI does not sleep when the timer is due sooner than this.
     pub wfi_spin: Duration,
 }

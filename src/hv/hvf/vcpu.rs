@@ -25,7 +25,9 @@ use crate::arch::aarch64::psci::{handle_call, pc_after_call, ret, PsciAction, Sm
 use crate::arch::aarch64::sysreg::{
     emulate, ForwardedAccess, ForwardedOp, SysRegAccess, SysRegContext, SysRegOutcome,
 };
-use crate::arch::aarch64::timer::{vtimer_should_unmask, wfi_decision, WfiDecision, WfiInputs};
+use crate::arch::aarch64::timer::{
+    vtimer_should_unmask, wfi_decision, WfiDecision, WfiInputs, IMPLAUSIBLE_TIMER_WAIT,
+};
 use crate::hv::{HandledExit, HvError, Kicker, Reg, Result, SystemEvent, Vcpu, VmEntry, VmExit};
 use boot::layout;
 use boot::PsciConduit;
@@ -459,12 +461,15 @@ impl HvfVcpu {
     fn wfi(&mut self) -> Result<()> {
         // Before looking at the GIC: an interrupt raised after the look still ends the sleep.
         self.doorbell.clear_wake();
+        // The guest's count now, in its own counter's ticks: host clock ticks since the vtimer
+        // offset, rescaled when the guest counter runs at another rate (M4, recent SDK).
+        // SAFETY: mach_absolute_time has no preconditions.
+        let host_ticks = unsafe { mach_absolute_time() }.wrapping_sub(self.vm.vtimer_offset);
         let inputs = WfiInputs {
             cntv_ctl: self.get_sys(HV_SYS_REG_CNTV_CTL_EL0)?,
             cntv_cval: self.get_sys(HV_SYS_REG_CNTV_CVAL_EL0)?,
-            // SAFETY: mach_absolute_time has no preconditions.
-            cntvct: unsafe { mach_absolute_time() }.wrapping_sub(self.vm.vtimer_offset),
-            cntfrq_hz: self.vm.counter_hz,
+            cntvct: self.vm.counter.to_counter_ticks(host_ticks),
+            cntfrq_hz: self.vm.counter.counter_hz,
             interrupt_pending: self.interrupt_pending()?,
         };
         let limit = match self.vm.gic {
@@ -478,7 +483,19 @@ impl HvfVcpu {
         let wait = match wfi_decision(&inputs, self.vm.wfi_spin) {
             WfiDecision::Resume => return Ok(()),
             WfiDecision::SleepUntilKick => limit,
-            WfiDecision::SleepFor(wait) => Some(limit.map_or(wait, |l| l.min(wait))),
+            WfiDecision::SleepFor(wait) => {
+                if wait > IMPLAUSIBLE_TIMER_WAIT
+                    && !self.vm.timer_warned.swap(true, Ordering::Relaxed)
+                {
+                    log::warn!(
+                        "vCPU {}: the guest's timer is due in {wait:?}: its counter and hvrun's \
+                         clock may disagree ({:?}); please report `hvrun host` (logged once)",
+                        self.index,
+                        self.vm.counter
+                    );
+                }
+                Some(limit.map_or(wait, |l| l.min(wait)))
+            }
         };
         self.doorbell.sleep(wait.map(|w| Instant::now() + w));
         Ok(())

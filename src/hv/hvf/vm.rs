@@ -7,7 +7,7 @@ use std::sync::Arc;
 use hv_sys::newer::El2Api;
 use hv_sys::*;
 
-use super::caps::HostCaps;
+use super::caps::{counter_rates, HostCaps};
 use super::errors::check;
 use super::gic::{self, GicBackend, UserspaceGic};
 use super::ipa::{choose_ipa_bits, IpaChoice};
@@ -18,7 +18,7 @@ use super::vcpu::HvfVcpu;
 use crate::arch::aarch64::mpidr_for_vcpu;
 use crate::arch::aarch64::power::VcpuPowerStates;
 use crate::arch::aarch64::sysreg::UndefinedSysRegs;
-use crate::arch::aarch64::timer::VtimerOffset;
+use crate::arch::aarch64::timer::{CounterRates, VtimerOffset};
 use crate::hv::{HvError, MemoryPerms, Result, Vm, VmSpec};
 use devices::IrqLine;
 
@@ -86,6 +86,21 @@ fn configure(config: hv_vm_config_t, ipa: IpaChoice, nested: bool) -> Result<()>
     Ok(())
 }
 
+/// Logs the counter rates once per VM: when they differ (M4-class chips with a recent SDK)
+/// WFI deadlines depend on how the framework applies the vtimer offset, which is unconfirmed.
+fn log_counter_rates(rates: &CounterRates) {
+    if rates.agree() {
+        log::info!("guest counter: {} Hz (CNTFRQ_EL0 = host clock)", rates.counter_hz);
+    } else {
+        log::warn!(
+            "guest counter at {} Hz (CNTFRQ_EL0) but the host clock at {} Hz: WFI deadlines are \
+             converted between them (unconfirmed on hardware; please report `hvrun host`)",
+            rates.counter_hz,
+            rates.host_hz
+        );
+    }
+}
+
 fn shared_state(
     gic: GicBackend,
     doorbells: Arc<Doorbells>,
@@ -94,29 +109,20 @@ fn shared_state(
 ) -> VmShared {
     // SAFETY: mach_absolute_time has no preconditions.
     let vtimer = VtimerOffset::starting_at(unsafe { mach_absolute_time() });
+    let counter = counter_rates();
+    log_counter_rates(&counter);
     VmShared {
         power: VcpuPowerStates::new((0..spec.vcpus).map(mpidr_for_vcpu).collect()),
         doorbells,
         gic,
         undefined_sysregs: UndefinedSysRegs::default(),
         injected_logged: AtomicBool::new(false),
+        timer_warned: AtomicBool::new(false),
         el2: options.nested,
         vtimer_offset: vtimer.offset(),
-        counter_hz: counter_frequency(),
+        counter,
         wfi_spin: options.wfi_spin,
     }
-}
-
-/// Ticks per second of `mach_absolute_time`: `ns = ticks * numer / denom`, so
-/// `hz = 1e9 * denom / numer` (24 MHz on Apple Silicon).
-fn counter_frequency() -> u64 {
-    let mut info = mach_timebase_info_data_t::default();
-    // SAFETY: writes the two fields of `info`.
-    let ret = unsafe { mach_timebase_info(&mut info) };
-    if ret != 0 || info.numer == 0 {
-        return 24_000_000;
-    }
-    1_000_000_000 * u64::from(info.denom) / u64::from(info.numer)
 }
 
 impl Drop for HvfVm {
