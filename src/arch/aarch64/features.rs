@@ -36,6 +36,20 @@ pub fn guest_pfr0(reported: u64, el2: bool) -> u64 {
     }
 }
 
+/// ID_AA64MMFR0_EL1.PARange [3:0]: the physical address widths its values 0..=6 stand for
+/// (Arm ARM D24.2.80).
+pub const PARANGE_BITS: [u32; 7] = [32, 36, 40, 42, 44, 48, 52];
+
+/// ID_AA64MMFR0_EL1 for a guest whose physical address space is `ipa_bits` wide: PARange
+/// lowered to the widest value within it (never raised above what the hypervisor reports), so
+/// the guest — and a hypervisor nested in it sizing VTCR_EL2.PS from it — does not try to use
+/// addresses the VM cannot map. QEMU's HVF backend does the same
+/// (`clamp_id_aa64mmfr0_parange_to_ipa_size`).
+pub fn guest_mmfr0(reported: u64, ipa_bits: u32) -> u64 {
+    let fits = PARANGE_BITS.iter().rposition(|&bits| bits <= ipa_bits).unwrap_or(0) as u64;
+    with_field(reported, 0, field(reported, 0).min(fits))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,6 +73,26 @@ mod tests {
         for (reported, el2, want) in table {
             assert_eq!(guest_pfr0(reported, el2), want, "{reported:#x} el2 {el2}");
         }
+    }
+
+    /// Finding 6 of reviews/hvf-review.md.
+    #[test]
+    fn parange_is_clamped_to_the_vms_ipa_width() {
+        // A host reporting 42 bits (PARange 3) with other fields set.
+        let host = 0x0000_1122_0010_0f23;
+        let table = [
+            (36, 0x0000_1122_0010_0f21), // the framework's default 36 bits: PARange 1
+            (40, 0x0000_1122_0010_0f22),
+            (41, 0x0000_1122_0010_0f22), // 41 is no PARange value: 40
+            (42, host),
+            (48, host),                  // never raised above the host's
+            (31, 0x0000_1122_0010_0f20), // below 32: the smallest value PARange has
+        ];
+        for (ipa_bits, want) in table {
+            assert_eq!(guest_mmfr0(host, ipa_bits), want, "{ipa_bits} bits");
+        }
+        assert_eq!(guest_mmfr0(0x6, 52), 0x6);
+        assert_eq!(guest_mmfr0(0xf, 40), 0x2, "a reserved value is clamped too");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct VmShared {
     pub timer_warned: AtomicBool,
     /// The guest runs at EL2 (`--nested`).
     pub el2: bool,
+    /// The VM's guest physical address width (ID_AA64MMFR0_EL1.PARange is clamped to it).
+    pub ipa_bits: u32,
     /// One vtimer offset for every vCPU: booting.rst requires CNTVOFF to be the same on all
     /// CPUs. `CNTVCT_EL0 = mach_absolute_time() - offset` (`hv_vcpu.h`), in host clock ticks,
     /// so the guest's count starts at 0.

@@ -10,7 +10,7 @@ use hv_sys::*;
 use super::caps::{counter_rates, HostCaps};
 use super::errors::check;
 use super::gic::{self, GicBackend, UserspaceGic};
-use super::ipa::{choose_ipa_bits, IpaChoice};
+use super::ipa::{choose_ipa_bits, ipa_bits, IpaChoice};
 use super::kick::Doorbells;
 use super::options::HvfOptions;
 use super::shared::VmShared;
@@ -58,7 +58,8 @@ impl HvfVm {
                 GicBackend::Userspace(userspace)
             }
         };
-        let vm = HvfVm { shared: Arc::new(shared_state(gic, doorbells, options, spec)) };
+        let ipa_bits = ipa_bits(ipa, caps.default_ipa_bits);
+        let vm = HvfVm { shared: Arc::new(shared_state(gic, doorbells, options, spec, ipa_bits)) };
         if let GicBackend::InKernel(api) = &vm.shared.gic {
             gic::create(api)?;
         }
@@ -106,6 +107,7 @@ fn shared_state(
     doorbells: Arc<Doorbells>,
     options: &HvfOptions,
     spec: &VmSpec,
+    ipa_bits: u32,
 ) -> VmShared {
     // SAFETY: mach_absolute_time has no preconditions.
     let vtimer = VtimerOffset::starting_at(unsafe { mach_absolute_time() });
@@ -119,6 +121,7 @@ fn shared_state(
         injected_logged: AtomicBool::new(false),
         timer_warned: AtomicBool::new(false),
         el2: options.nested,
+        ipa_bits,
         vtimer_offset: vtimer.offset(),
         counter,
         wfi_spin: options.wfi_spin,
