@@ -34,6 +34,37 @@ pub enum GicBackend {
     Userspace(UserspaceGic),
 }
 
+/// What a VTIMER_ACTIVATED exit asks of the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VtimerActivation {
+    /// Userspace GIC: raise the timer PPI (27) in the model and keep the vtimer masked until
+    /// the guest has handled it (QEMU's `hvf_sync_vtimer`, VirtualBox's
+    /// `nemR3DarwinPreRunGuest`).
+    RaisePpi,
+    /// In-kernel GIC: the framework delivers the timer itself (QEMU's vGIC series: "no vmexits
+    /// ought to happen"; VirtualBox: "PPIs are handled entirely in Hypervisor.framework"). If
+    /// the exit comes anyway, log it once and unmask at once; never write the redistributor,
+    /// whose pending bits the framework owns (clearing GICR_ICPENDR0 could drop a timer
+    /// interrupt it made pending).
+    UnmaskOnly,
+}
+
+/// The rule for VTIMER_ACTIVATED with the in-kernel GIC or the userspace one.
+pub fn vtimer_activation(in_kernel_gic: bool) -> VtimerActivation {
+    if in_kernel_gic {
+        VtimerActivation::UnmaskOnly
+    } else {
+        VtimerActivation::RaisePpi
+    }
+}
+
+impl GicBackend {
+    /// Whether this is the framework's GIC.
+    pub fn is_in_kernel(&self) -> bool {
+        matches!(self, GicBackend::InKernel(_))
+    }
+}
+
 /// Why the userspace GIC could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum UserspaceGicError {
@@ -310,6 +341,15 @@ mod tests {
         let (_, last_spi) = layout::virtio_mmio_slot(layout::VIRTIO_MMIO_SLOTS - 1).unwrap();
         assert!(gic.gic.spi_line(layout::UART_SPI).is_some());
         assert!(gic.gic.spi_line(last_spi).is_some());
+    }
+
+    /// Finding 7 of reviews/hvf-review.md.
+    #[test]
+    fn only_the_userspace_gic_takes_the_timer_ppi_from_a_vtimer_exit() {
+        let userspace = GicBackend::Userspace(UserspaceGic::new(1).unwrap());
+        assert!(!userspace.is_in_kernel());
+        assert_eq!(vtimer_activation(userspace.is_in_kernel()), VtimerActivation::RaisePpi);
+        assert_eq!(vtimer_activation(true), VtimerActivation::UnmaskOnly);
     }
 
     #[test]

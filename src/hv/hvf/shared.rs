@@ -22,6 +22,8 @@ pub struct VmShared {
     pub undefined_sysregs: UndefinedSysRegs,
     /// An injected exception for an unemulated trap was logged (once per VM).
     pub injected_logged: AtomicBool,
+    /// A VTIMER_ACTIVATED exit with the in-kernel GIC was logged (once per VM).
+    pub vtimer_exit_logged: AtomicBool,
     /// An implausibly distant timer deadline was logged (once per VM).
     pub timer_warned: AtomicBool,
     /// The guest runs at EL2 (`--nested`).

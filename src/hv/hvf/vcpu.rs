@@ -10,7 +10,7 @@ use hv_sys::*;
 
 use super::errors::check;
 use super::exit::{plan, ExitPlan};
-use super::gic::GicBackend;
+use super::gic::{vtimer_activation, GicBackend, VtimerActivation};
 use super::kick::Doorbell;
 use super::regs::{entry_pstate, exception_regs, hv_reg, hv_sys_reg, HvReg};
 use super::shared::VmShared;
@@ -51,7 +51,8 @@ pub struct HvfVcpu {
     doorbell: Arc<Doorbell>,
     /// The MMIO load the last exit returned, completed by the next `run`.
     pending_load: Option<MmioAccess>,
-    /// The framework masked the vtimer on VTIMER_ACTIVATED; unmask once its line is low.
+    /// The framework masked the vtimer on VTIMER_ACTIVATED and the userspace GIC's timer PPI
+    /// is up; lower it and unmask once the timer's line is low.
     vtimer_masked: bool,
     /// PSCI state: off until CPU_ON (vCPU 0 starts on).
     powered_on: bool,
@@ -182,8 +183,7 @@ impl HvfVcpu {
                 VmExit::Kicked
             }
             ExitPlan::VtimerActivated => {
-                self.vtimer_masked = true;
-                self.raise_vtimer()?;
+                self.vtimer_activated()?;
                 VmExit::Handled(HandledExit::VtimerActivated)
             }
             ExitPlan::Mmio { ipa, decision } => self.mmio(ipa, decision, &exit)?,
@@ -368,45 +368,42 @@ impl HvfVcpu {
         self.set_core(HV_REG_PC, to.pc)
     }
 
-    /// Raises the timer interrupt. With the in-kernel GIC this exit should not happen (QEMU's
-    /// HVF maintainers report the framework then handles the vtimer itself); should it, the
-    /// PPI is set pending in the vCPU's redistributor (GICR_ISPENDR0, bit 27).
-    fn raise_vtimer(&self) -> Result<()> {
-        match &self.vm.gic {
-            GicBackend::Userspace(u) => u.gic.set_ppi_level(self.index, VTIMER_PPI, true),
-            GicBackend::InKernel(api) => {
+    /// The virtual timer fired and the framework masked it. With the userspace GIC: raise the
+    /// timer PPI and keep the vtimer masked until the guest has dealt with it (`sync_vtimer`).
+    /// With the in-kernel GIC the framework delivers the timer itself and this exit should not
+    /// happen; should it, hand the timer straight back (unmask) and never touch the
+    /// redistributor, whose pending state the framework owns.
+    fn vtimer_activated(&mut self) -> Result<()> {
+        match (vtimer_activation(self.vm.gic.is_in_kernel()), &self.vm.gic) {
+            (VtimerActivation::RaisePpi, GicBackend::Userspace(u)) => {
+                self.vtimer_masked = true;
+                u.gic.set_ppi_level(self.index, VTIMER_PPI, true);
+                Ok(())
+            }
+            _ => {
+                if !self.vm.vtimer_exit_logged.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "vCPU {}: VTIMER_ACTIVATED with the in-kernel GIC (not expected: the \
+                         framework delivers the timer); unmasking it (logged once)",
+                        self.index
+                    );
+                }
                 // SAFETY: this thread owns the vCPU.
-                let ret = unsafe {
-                    (api.hv_gic_set_redistributor_reg)(
-                        self.id,
-                        HV_GIC_REDISTRIBUTOR_REG_GICR_ISPENDR0,
-                        1 << VTIMER_PPI,
-                    )
-                };
-                check(ret, "setting the vtimer interrupt pending")?;
+                let ret = unsafe { hv_vcpu_set_vtimer_mask(self.id, false) };
+                check(ret, "hv_vcpu_set_vtimer_mask")
             }
         }
-        Ok(())
     }
 
-    /// After VTIMER_ACTIVATED the framework keeps the vtimer masked; lower the PPI and unmask
-    /// once the guest has dealt with the interrupt (the line is low: disabled, masked, or
-    /// reprogrammed), or every entry would exit again at once.
+    /// After VTIMER_ACTIVATED (userspace GIC) the framework keeps the vtimer masked; lower the
+    /// PPI and unmask once the guest has dealt with the interrupt (the line is low: disabled,
+    /// masked, or reprogrammed), or every entry would exit again at once.
     fn sync_vtimer(&mut self) -> Result<()> {
         if !vtimer_should_unmask(self.get_sys(HV_SYS_REG_CNTV_CTL_EL0)?) {
             return Ok(());
         }
-        match &self.vm.gic {
-            GicBackend::Userspace(u) => u.gic.set_ppi_level(self.index, VTIMER_PPI, false),
-            // SAFETY: this thread owns the vCPU. A level interrupt whose line dropped is no
-            // longer pending.
-            GicBackend::InKernel(api) => unsafe {
-                (api.hv_gic_set_redistributor_reg)(
-                    self.id,
-                    HV_GIC_REDISTRIBUTOR_REG_GICR_ICPENDR0,
-                    1 << VTIMER_PPI,
-                );
-            },
+        if let GicBackend::Userspace(u) = &self.vm.gic {
+            u.gic.set_ppi_level(self.index, VTIMER_PPI, false);
         }
         // SAFETY: this thread owns the vCPU.
         check(unsafe { hv_vcpu_set_vtimer_mask(self.id, false) }, "hv_vcpu_set_vtimer_mask")?;

@@ -120,6 +120,7 @@ fn shared_state(
         undefined_sysregs: UndefinedSysRegs::default(),
         injected_logged: AtomicBool::new(false),
         timer_warned: AtomicBool::new(false),
+        vtimer_exit_logged: AtomicBool::new(false),
         el2: options.nested,
         ipa_bits,
         vtimer_offset: vtimer.offset(),
