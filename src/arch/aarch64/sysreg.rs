@@ -68,6 +68,11 @@ pub mod regs {
     pub const ICC_PMR_EL1: SysReg = SysReg::new(3, 0, 4, 6, 0);
     pub const ID_AA64PFR0_EL1: SysReg = SysReg::new(3, 0, 0, 4, 0);
     pub const LORC_EL1: SysReg = SysReg::new(3, 0, 10, 4, 3);
+    pub const CNTPCT_EL0: SysReg = SysReg::new(3, 3, 14, 0, 1);
+    pub const CNTPCTSS_EL0: SysReg = SysReg::new(3, 3, 14, 0, 5);
+    pub const CNTP_TVAL_EL0: SysReg = SysReg::new(3, 3, 14, 2, 0);
+    pub const CNTP_CTL_EL0: SysReg = SysReg::new(3, 3, 14, 2, 1);
+    pub const CNTP_CVAL_EL0: SysReg = SysReg::new(3, 3, 14, 2, 2);
     pub const CNTHCTL_EL2: SysReg = SysReg::new(3, 4, 14, 1, 0);
 }
 
@@ -104,6 +109,10 @@ pub const OSLSR_EL1_VALUE: u64 = 0b1000;
 pub struct SysRegContext {
     /// The guest has EL2 (`--nested`).
     pub el2: bool,
+    /// The hypervisor provides the GIC (Hypervisor.framework's, macOS 15), and with it the EL1
+    /// physical timer registers (CNTP_*: `hv_vcpu_types.h` lists them only for VMs with
+    /// `hv_gic_create`).
+    pub in_kernel_gic: bool,
 }
 
 /// How hvrun treats a trapped register.
@@ -118,6 +127,10 @@ pub enum SysRegClass {
     /// accesses to CNTHCTL_EL2"); Linux writes CNTHCTL_EL2 in `__init_el2_timers` on every
     /// boot at EL2 (arch/arm64/include/asm/el2_setup.h).
     Hypervisor,
+    /// CNTPCT_EL0 (and CNTPCTSS_EL0): reads return the guest's virtual count — the guest sees
+    /// a physical counter with CNTVOFF = 0, as QEMU's HVF backend answers; writes are UNDEF
+    /// (read-only register). Traps when the hypervisor withholds the physical counter from EL1.
+    PhysicalCount,
     /// Reads return the value, writes are ignored. PMU registers (no vPMU: PMCR_EL0.N = 0, no
     /// counters), the OS lock and debug registers (no self-hosted debug: MDSCR_EL1 and the
     /// breakpoint/watchpoint registers read 0, so the guest sees none armed), and the ID
@@ -146,6 +159,16 @@ pub fn classify(reg: SysReg, ctx: SysRegContext) -> SysRegClass {
     // QEMU's HVF backend does ("Stub out LORC_EL1 accesses").
     if reg == LORC_EL1 {
         return SysRegClass::Constant(0);
+    }
+    if reg == CNTPCT_EL0 || reg == CNTPCTSS_EL0 {
+        return SysRegClass::PhysicalCount;
+    }
+    // The EL1 physical timer exists only with the hypervisor's GIC (its interrupt would need
+    // one); otherwise a guest's writes are ignored and it reads as disabled, since guests such
+    // as macOS disable it at boot without checking (QEMU ignores the CNTP_CTL_EL0 write).
+    // Linux at EL1 uses the virtual timer and never touches it.
+    if [CNTP_TVAL_EL0, CNTP_CTL_EL0, CNTP_CVAL_EL0].contains(&reg) {
+        return if ctx.in_kernel_gic { SysRegClass::Hypervisor } else { SysRegClass::Constant(0) };
     }
     let debug_fixed = [
         OSLAR_EL1,
@@ -224,6 +247,8 @@ pub enum SysRegOutcome {
     /// The hypervisor's own copy of the register: the backend reads or writes it, then
     /// finishes as [`Self::Complete`] (UNDEF if the hypervisor refuses).
     Hypervisor(ForwardedAccess),
+    /// Write the guest's virtual count now to `rt` (`None`: XZR, nothing to write), PC += 4.
+    ReadVirtualCount { rt: Option<u8> },
     /// Inject UNDEF at the instruction (the PC stays on it).
     Undefined,
 }
@@ -240,6 +265,8 @@ pub fn emulate(access: &SysRegAccess, rt_value: u64, ctx: SysRegContext) -> SysR
     match classify(access.reg, ctx) {
         SysRegClass::GicCpuInterface => SysRegOutcome::GicCpuInterface(forward(access.reg)),
         SysRegClass::Hypervisor => SysRegOutcome::Hypervisor(forward(access.reg)),
+        SysRegClass::PhysicalCount if access.read => SysRegOutcome::ReadVirtualCount { rt },
+        SysRegClass::PhysicalCount => SysRegOutcome::Undefined,
         SysRegClass::Constant(value) if access.read => {
             SysRegOutcome::Complete(rt.map(|rt| (rt, value)))
         }

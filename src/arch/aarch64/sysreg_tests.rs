@@ -81,7 +81,7 @@ fn policy_table() {
         (SysReg::new(3, 0, 0, 0, 5), Undefined),   // MPIDR_EL1: not ours
         (SysReg::new(3, 0, 1, 0, 0), Undefined),   // SCTLR_EL1
         (SysReg::new(3, 4, 12, 12, 5), Undefined), // ICC_SRE_EL2
-        (SysReg::new(3, 3, 14, 0, 2), Undefined),  // CNTVCT... (CNTPCT_EL0 region, op2 2)
+        (SysReg::new(3, 3, 14, 0, 2), Undefined),  // CNTVCT_EL0: the framework never traps it
         (SysReg::new(3, 7, 15, 2, 0), Undefined),  // IMPLEMENTATION DEFINED
         (SysReg::new(1, 0, 7, 5, 0), Undefined),   // a system instruction (IC IALLU)
         (SysReg::new(2, 0, 0, 2, 3), Undefined),   // not a debug register
@@ -91,8 +91,9 @@ fn policy_table() {
     }
 }
 
-const EL1: SysRegContext = SysRegContext { el2: false };
-const NESTED: SysRegContext = SysRegContext { el2: true };
+const EL1: SysRegContext = SysRegContext { el2: false, in_kernel_gic: false };
+const NESTED: SysRegContext = SysRegContext { el2: true, in_kernel_gic: true };
+const EL1_WITH_GIC: SysRegContext = SysRegContext { el2: false, in_kernel_gic: true };
 
 /// Finding 1 of reviews/hvf-review.md: what an EL2 guest's Linux touches in `init_el2`.
 #[test]
@@ -121,6 +122,35 @@ fn el2_registers_hvf_traps_go_to_the_hypervisor_with_nested() {
     assert_eq!(lorc, SysRegOutcome::Complete(None));
     let lorc = emulate(&SysRegAccess { reg: LORC_EL1, rt: 2, read: true }, 0, EL1);
     assert_eq!(lorc, SysRegOutcome::Complete(Some((2, 0))), "reads as zero");
+}
+
+/// Finding 8 of reviews/hvf-review.md: the counter and timer registers QEMU answers for EL1
+/// guests.
+#[test]
+fn physical_counter_and_timer() {
+    use SysRegClass::*;
+    let table = [
+        // (register, userspace GIC, in-kernel GIC)
+        (CNTPCT_EL0, PhysicalCount, PhysicalCount),
+        (CNTPCTSS_EL0, PhysicalCount, PhysicalCount),
+        (CNTP_CTL_EL0, Constant(0), Hypervisor),
+        (CNTP_CVAL_EL0, Constant(0), Hypervisor),
+        (CNTP_TVAL_EL0, Constant(0), Hypervisor),
+    ];
+    for (reg, userspace, in_kernel) in table {
+        assert_eq!(classify(reg, EL1), userspace, "{reg:?}");
+        assert_eq!(classify(reg, EL1_WITH_GIC), in_kernel, "{reg:?} with the in-kernel GIC");
+    }
+    let mrs = |reg, rt, ctx| emulate(&SysRegAccess { reg, rt, read: true }, 0, ctx);
+    let msr = |reg, ctx| emulate(&SysRegAccess { reg, rt: 1, read: false }, 0x5, ctx);
+    assert_eq!(mrs(CNTPCT_EL0, 7, EL1), SysRegOutcome::ReadVirtualCount { rt: Some(7) });
+    assert_eq!(mrs(CNTPCT_EL0, 31, NESTED), SysRegOutcome::ReadVirtualCount { rt: None });
+    assert_eq!(msr(CNTPCT_EL0, EL1), SysRegOutcome::Undefined, "read-only");
+    // macOS's boot-time "disable the physical timer" write is ignored; it reads as disabled.
+    assert_eq!(msr(CNTP_CTL_EL0, EL1), SysRegOutcome::Complete(None));
+    assert_eq!(mrs(CNTP_CTL_EL0, 2, EL1), SysRegOutcome::Complete(Some((2, 0))));
+    let want = ForwardedAccess { reg: CNTP_CTL_EL0, op: ForwardedOp::Write(0x5) };
+    assert_eq!(msr(CNTP_CTL_EL0, EL1_WITH_GIC), SysRegOutcome::Hypervisor(want));
 }
 
 #[test]

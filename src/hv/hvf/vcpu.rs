@@ -305,10 +305,11 @@ impl HvfVcpu {
     fn sysreg(&mut self, iss: u32) -> Result<VmExit> {
         let access = SysRegAccess::decode(iss);
         let rt_value = if access.read || access.rt == 31 { 0 } else { self.x(access.rt)? };
-        let ctx = SysRegContext { el2: self.vm.el2 };
+        let ctx = SysRegContext { el2: self.vm.el2, in_kernel_gic: self.vm.gic.is_in_kernel() };
         let write = match emulate(&access, rt_value, ctx) {
             SysRegOutcome::Complete(write) => Some(write),
             SysRegOutcome::Hypervisor(forwarded) => self.framework_sysreg(&forwarded),
+            SysRegOutcome::ReadVirtualCount { rt } => Some(rt.map(|rt| (rt, self.guest_count()))),
             SysRegOutcome::GicCpuInterface(forwarded) => match &self.vm.gic {
                 GicBackend::Userspace(u) => u.icc_access(self.index, &forwarded),
                 // With the in-kernel GIC the framework serves these without a trap.
@@ -455,20 +456,24 @@ impl HvfVcpu {
         Ok(false)
     }
 
+    /// The guest's virtual count now, in its own counter's ticks: host clock ticks since the
+    /// vtimer offset, rescaled when the guest counter runs at another rate (M4, recent SDK).
+    fn guest_count(&self) -> u64 {
+        // SAFETY: mach_absolute_time has no preconditions.
+        let host_ticks = unsafe { mach_absolute_time() }.wrapping_sub(self.vm.vtimer_offset);
+        self.vm.counter.to_counter_ticks(host_ticks)
+    }
+
     /// WFI, with the shared policy (`arch::aarch64::timer`): return at once if an interrupt is
     /// pending or the timer is (nearly) due; otherwise sleep until the timer's deadline, an
     /// interrupt, or a kick.
     fn wfi(&mut self) -> Result<()> {
         // Before looking at the GIC: an interrupt raised after the look still ends the sleep.
         self.doorbell.clear_wake();
-        // The guest's count now, in its own counter's ticks: host clock ticks since the vtimer
-        // offset, rescaled when the guest counter runs at another rate (M4, recent SDK).
-        // SAFETY: mach_absolute_time has no preconditions.
-        let host_ticks = unsafe { mach_absolute_time() }.wrapping_sub(self.vm.vtimer_offset);
         let inputs = WfiInputs {
             cntv_ctl: self.get_sys(HV_SYS_REG_CNTV_CTL_EL0)?,
             cntv_cval: self.get_sys(HV_SYS_REG_CNTV_CVAL_EL0)?,
-            cntvct: self.vm.counter.to_counter_ticks(host_ticks),
+            cntvct: self.guest_count(),
             cntfrq_hz: self.vm.counter.counter_hz,
             interrupt_pending: self.interrupt_pending()?,
         };
