@@ -20,7 +20,7 @@ use crate::arch::aarch64::inject::{
     current_el, inject, target_el, FromState, GuestException, TargetState,
 };
 use crate::arch::aarch64::mpidr_for_vcpu;
-use crate::arch::aarch64::power::PowerWait;
+use crate::arch::aarch64::power::{sctlr_el2_for_cpu_on, PowerWait, SCTLR_EL1_CPU_ON};
 use crate::arch::aarch64::psci::{handle_call, pc_after_call, ret, PsciAction, SmcccCall};
 use crate::arch::aarch64::sysreg::{
     emulate, ForwardedAccess, ForwardedOp, SysRegAccess, SysRegContext, SysRegOutcome,
@@ -32,10 +32,6 @@ use crate::hv::{HandledExit, HvError, Kicker, Reg, Result, SystemEvent, Vcpu, Vm
 use boot::layout;
 use boot::PsciConduit;
 use devices::gic_v3::VTIMER_PPI;
-
-/// SCTLR_EL1 with only its RES1 bits set: MMU and caches off, as PSCI CPU_ON requires of the
-/// entry state (DEN0022 §6.4). Bits 29, 28, 23, 22, 20 and 11 are RES1 (Arm ARM D24.2.163).
-const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
 
 /// The longest a WFI sleeps in hvrun when the in-kernel GIC may have an SGI for the vCPU that
 /// hvrun cannot see arrive.
@@ -165,7 +161,12 @@ impl HvfVcpu {
         match self.vm.power.wait_for_start(self.index) {
             PowerWait::Kicked => Ok(false),
             PowerWait::Start(start) => {
-                self.set_sys(HV_SYS_REG_SCTLR_EL1, SCTLR_EL1_RESET)?;
+                self.set_sys(HV_SYS_REG_SCTLR_EL1, SCTLR_EL1_CPU_ON)?;
+                if self.vm.el2 {
+                    // The entry is at EL2 (entry_pstate): its MMU must be off too.
+                    let sctlr = self.get_sys(HV_SYS_REG_SCTLR_EL2)?;
+                    self.set_sys(HV_SYS_REG_SCTLR_EL2, sctlr_el2_for_cpu_on(sctlr))?;
+                }
                 for (reg, value) in start.registers() {
                     self.set_reg(reg, value)?;
                 }
