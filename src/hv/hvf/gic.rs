@@ -190,6 +190,38 @@ pub fn check_geometry(g: &GicGeometry) -> Result<(), String> {
     Ok(())
 }
 
+/// Which GIC a VM gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GicChoice {
+    /// The framework's.
+    InKernel,
+    /// hvrun's userspace model, and why (no framework GIC, or one that does not fit).
+    Userspace(String),
+}
+
+/// Picks the VM's GIC. `framework` is `None` on macOS 13/14 (no `hv_gic_*`), else the
+/// framework's geometry or why it could not be read. A framework GIC whose geometry hvrun's
+/// memory map cannot hold falls back to the userspace GIC (which always fits) instead of
+/// failing every VM — except with `--nested`, which needs the framework's GIC (the vCPU
+/// interrupt calls cannot reach a guest hypervisor's guests, `hv_gic.h`): then it is an error.
+pub fn choose_gic(
+    framework: Option<Result<GicGeometry, String>>,
+    nested: bool,
+) -> Result<GicChoice, String> {
+    let why = match framework {
+        None => "no in-kernel GIC (macOS 13/14)".to_string(),
+        Some(Ok(geometry)) => match check_geometry(&geometry) {
+            Ok(()) => return Ok(GicChoice::InKernel),
+            Err(why) => format!("the in-kernel GIC does not fit hvrun's memory map: {why}"),
+        },
+        Some(Err(why)) => format!("the in-kernel GIC's parameters cannot be read: {why}"),
+    };
+    if nested {
+        return Err(format!("--nested needs the in-kernel GIC, but {why}"));
+    }
+    Ok(GicChoice::Userspace(why))
+}
+
 #[cfg(target_os = "macos")]
 pub use macos::*;
 
@@ -201,7 +233,7 @@ mod macos {
     use hv_sys::newer::GicApi;
     use hv_sys::*;
 
-    use super::{check_geometry, GicGeometry};
+    use super::GicGeometry;
     use crate::hv::hvf::errors::check;
     use crate::hv::hvf::kick::Doorbells;
     use crate::hv::{HvError, Result};
@@ -255,14 +287,8 @@ mod macos {
 
     /// Creates the in-kernel GIC at `boot::layout`'s addresses. Call after `hv_vm_create` and
     /// before the first `hv_vcpu_create`.
+    /// The caller has checked the geometry (`choose_gic`).
     pub fn create(api: &GicApi) -> Result<()> {
-        let g = geometry(api)?;
-        check_geometry(&g).map_err(|why| {
-            HvError::new(
-                format!("the in-kernel GIC does not fit hvrun's memory map: {why}"),
-                std::io::Error::from(std::io::ErrorKind::Unsupported),
-            )
-        })?;
         // SAFETY: no arguments; returns a new OS object (or null on failure).
         let config = unsafe { (api.hv_gic_config_create)() };
         if config.is_null() {
@@ -442,6 +468,25 @@ mod tests {
     #[test]
     fn a_plausible_gic_fits() {
         assert_eq!(check_geometry(&plausible()), Ok(()));
+    }
+
+    /// Finding 10 of reviews/hvf-review.md.
+    #[test]
+    fn a_gic_that_does_not_fit_falls_back_to_the_userspace_gic() {
+        assert_eq!(choose_gic(Some(Ok(plausible())), false), Ok(GicChoice::InKernel));
+        assert_eq!(choose_gic(Some(Ok(plausible())), true), Ok(GicChoice::InKernel));
+        let huge = GicGeometry { redistributor_region_size: 512 * 0x2_0000, ..plausible() };
+        let Ok(GicChoice::Userspace(why)) = choose_gic(Some(Ok(huge)), false) else {
+            panic!("a misfit must fall back")
+        };
+        assert!(why.contains("does not fit") && why.contains("below the UART"), "{why}");
+        let nested = choose_gic(Some(Ok(huge)), true).unwrap_err();
+        assert!(nested.starts_with("--nested needs the in-kernel GIC"), "{nested}");
+        let Ok(GicChoice::Userspace(why)) = choose_gic(None, false) else { panic!() };
+        assert!(why.contains("macOS 13/14"));
+        assert!(choose_gic(None, true).is_err());
+        let unreadable = choose_gic(Some(Err("HV_ERROR".into())), false);
+        assert!(matches!(unreadable, Ok(GicChoice::Userspace(why)) if why.contains("HV_ERROR")));
     }
 
     #[test]

@@ -31,9 +31,6 @@ impl HvfHypervisor {
         // SAFETY: the probe VM has no vCPUs.
         check(unsafe { hv_vm_destroy() }, "hv_vm_destroy")?;
         let caps = caps?;
-        if caps.gic.is_none() {
-            log::info!("no in-kernel GIC (macOS 13/14): using hvrun's userspace GICv3");
-        }
         if options.nested {
             check_el2()?;
         }

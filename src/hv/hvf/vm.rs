@@ -9,7 +9,7 @@ use hv_sys::*;
 
 use super::caps::{counter_rates, HostCaps};
 use super::errors::check;
-use super::gic::{self, GicBackend, UserspaceGic};
+use super::gic::{self, GicBackend, GicChoice, UserspaceGic};
 use super::ipa::{choose_ipa_bits, ipa_bits, IpaChoice};
 use super::kick::Doorbells;
 use super::options::HvfOptions;
@@ -48,9 +48,16 @@ impl HvfVm {
         created?;
         // From here on, dropping `vm` destroys the framework's VM.
         let doorbells = Arc::new(Doorbells::new(spec.vcpus));
-        let gic = match caps.gic {
-            Some(api) => GicBackend::InKernel(api),
-            None => {
+        let framework_gic = caps.gic.map(|api| gic::geometry(api).map_err(|e| e.to_string()));
+        let choice = gic::choose_gic(framework_gic, options.nested).map_err(|why| {
+            HvError::new(why, std::io::Error::from(std::io::ErrorKind::Unsupported))
+        })?;
+        let gic = match (choice, caps.gic) {
+            (GicChoice::InKernel, Some(api)) => GicBackend::InKernel(api),
+            (choice, _) => {
+                if let GicChoice::Userspace(why) = choice {
+                    log::info!("{why}: using hvrun's userspace GICv3");
+                }
                 let userspace = UserspaceGic::new(spec.vcpus).map_err(|e| {
                     HvError::new("creating the userspace GIC", std::io::Error::other(e))
                 })?;
