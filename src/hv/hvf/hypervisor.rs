@@ -2,12 +2,11 @@
 //! what it offers, and the VM it creates.
 
 use hv_sys::newer::{El2Api, GicApi};
-use hv_sys::*;
 
 use super::caps::{hv_support, query_caps, HostCaps};
 use super::errors::{check, no_hv_support_message};
 use super::options::HvfOptions;
-use super::vm::HvfVm;
+use super::vm::{FrameworkVm, HvfVm};
 use crate::hv::{HostLimits, HvError, Hypervisor, Result, VmSpec};
 use boot::PsciConduit;
 
@@ -25,12 +24,10 @@ impl HvfHypervisor {
         if let Some(why) = no_hv_support_message(hv_support()) {
             return Err(unsupported(why));
         }
-        // SAFETY: a null configuration selects the defaults.
-        check(unsafe { hv_vm_create(std::ptr::null_mut()) }, "hv_vm_create")?;
-        let caps = query_caps();
-        // SAFETY: the probe VM has no vCPUs.
-        check(unsafe { hv_vm_destroy() }, "hv_vm_destroy")?;
-        let caps = caps?;
+        // A probe VM with the defaults, destroyed when `probe` goes out of scope.
+        let probe = FrameworkVm::create(std::ptr::null_mut())?;
+        let caps = query_caps()?;
+        drop(probe);
         if options.nested {
             check_el2()?;
         }

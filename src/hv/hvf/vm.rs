@@ -25,6 +25,34 @@ use devices::IrqLine;
 /// The process's one VM.
 pub struct HvfVm {
     shared: Arc<VmShared>,
+    /// Declared last, so it is dropped last: the framework's VM outlives everything above.
+    _vm: FrameworkVm,
+}
+
+/// Owns the framework's VM from the moment `hv_vm_create` succeeds: dropping it destroys the
+/// VM, on every error path too. Otherwise the next `hv_vm_create` in this process (a reboot,
+/// or `hvrun host` after a probe) would fail with HV_BUSY: one VM per process (`hv_vm.h`).
+pub(super) struct FrameworkVm(());
+
+impl FrameworkVm {
+    /// `hv_vm_create` with `config` (null: the defaults).
+    pub(super) fn create(config: hv_vm_config_t) -> Result<Self> {
+        // SAFETY: `config` is a live configuration or null (the defaults).
+        check(unsafe { hv_vm_create(config) }, "hv_vm_create")?;
+        Ok(FrameworkVm(()))
+    }
+}
+
+impl Drop for FrameworkVm {
+    fn drop(&mut self) {
+        // Every vCPU was destroyed by its own thread, which the VMM joined before dropping the
+        // VM (`hv_vm_destroy` requires that).
+        // SAFETY: no arguments; this process's VM exists.
+        let ret = unsafe { hv_vm_destroy() };
+        if let Err(e) = check(ret, "hv_vm_destroy") {
+            log::warn!("{e}");
+        }
+    }
 }
 
 impl HvfVm {
@@ -36,17 +64,14 @@ impl HvfVm {
         // SAFETY: no arguments; returns a new OS object (null on failure, which
         // hv_vm_create treats as "defaults" — then the checks below fail loudly).
         let config = unsafe { hv_vm_config_create() };
-        let configured = configure(config, ipa, options.nested);
-        let created = configured.and_then(|()| {
-            // SAFETY: `config` is a live configuration (or null: the defaults).
-            check(unsafe { hv_vm_create(config) }, "hv_vm_create")
-        });
+        let created =
+            configure(config, ipa, options.nested).and_then(|()| FrameworkVm::create(config));
         if !config.is_null() {
             // SAFETY: we own the one reference hv_vm_config_create gave us.
             unsafe { os_release(config) };
         }
-        created?;
-        // From here on, dropping `vm` destroys the framework's VM.
+        // From here on, dropping `framework_vm` (or the HvfVm holding it) destroys the VM.
+        let framework_vm = created?;
         let doorbells = Arc::new(Doorbells::new(spec.vcpus));
         let framework_gic = caps.gic.map(|api| gic::geometry(api).map_err(|e| e.to_string()));
         let choice = gic::choose_gic(framework_gic, options.nested).map_err(|why| {
@@ -66,11 +91,11 @@ impl HvfVm {
             }
         };
         let ipa_bits = ipa_bits(ipa, caps.default_ipa_bits);
-        let vm = HvfVm { shared: Arc::new(shared_state(gic, doorbells, options, spec, ipa_bits)) };
-        if let GicBackend::InKernel(api) = &vm.shared.gic {
+        if let GicBackend::InKernel(api) = &gic {
             gic::create(api)?;
         }
-        Ok(vm)
+        let shared = Arc::new(shared_state(gic, doorbells, options, spec, ipa_bits));
+        Ok(HvfVm { shared, _vm: framework_vm })
     }
 }
 
@@ -133,18 +158,6 @@ fn shared_state(
         vtimer_offset: vtimer.offset(),
         counter,
         wfi_spin: options.wfi_spin,
-    }
-}
-
-impl Drop for HvfVm {
-    fn drop(&mut self) {
-        // Every vCPU was destroyed by its own thread, which the VMM joined before dropping the
-        // VM (`hv_vm_destroy` requires that).
-        // SAFETY: no arguments; this process's VM exists.
-        let ret = unsafe { hv_vm_destroy() };
-        if let Err(e) = check(ret, "hv_vm_destroy") {
-            log::warn!("{e}");
-        }
     }
 }
 
