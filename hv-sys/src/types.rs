@@ -29,7 +29,8 @@ pub const HV_NO_DEVICE: hv_return_t = hv_error(0x06);
 /// The system did not allow the operation (typically: the binary lacks the
 /// `com.apple.security.hypervisor` entitlement).
 pub const HV_DENIED: hv_return_t = hv_error(0x07);
-/// The object already exists (arm64; the x86 header uses this code for `HV_FAULT`).
+/// The object already exists. Apple's arm64 `hv_kern_types.h` (XNU, © 2019-2026) names 0x08
+/// `HV_EXISTS`; some transcriptions call it `HV_FAULT` (the x86 header's name for the code).
 pub const HV_EXISTS: hv_return_t = hv_error(0x08);
 /// The hypervisor does not support the operation (e.g. inside a macOS VM without nested
 /// virtualisation, or EL2 on a chip before M3).
@@ -185,7 +186,11 @@ pub const HV_FEATURE_REG_CTR_EL0: hv_feature_reg_t = 9;
 pub const HV_FEATURE_REG_CLIDR_EL1: hv_feature_reg_t = 10;
 pub const HV_FEATURE_REG_DCZID_EL0: hv_feature_reg_t = 11;
 
-/// Interrupt IDs the framework reserves when it provides the GIC (`hv_gic_intid_t`, `uint16_t`).
+/// The interrupts the framework's GIC reserves (`hv_gic_intid_t`, `uint16_t`). These are keys
+/// for `hv_gic_get_intid`, which returns the INTID to use: the values below agree with two
+/// independent transcriptions (and with QEMU comparing the maintenance INTID against
+/// `HV_GIC_INT_MAINTENANCE`), but VirtualBox's fallback enum for older SDKs orders the names
+/// differently over the same numbers, so hvrun does not treat them as INTIDs.
 pub type hv_gic_intid_t = u16;
 pub const HV_GIC_INT_PERFORMANCE_MONITOR: hv_gic_intid_t = 23;
 pub const HV_GIC_INT_MAINTENANCE: hv_gic_intid_t = 25;

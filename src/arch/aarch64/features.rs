@@ -13,6 +13,21 @@ fn with_field(value: u64, shift: u32, new: u64) -> u64 {
     (value & !(0xf << shift)) | ((new & 0xf) << shift)
 }
 
+/// ID_AA64PFR1_EL1.SME [27:24]: the Scalable Matrix Extension.
+const PFR1_SME: u32 = 24;
+
+/// ID_AA64PFR1_EL1 for a guest: with EL2 (`--nested`) SME is hidden (the whole field, 0):
+/// libkrun found nested guests on M4 break after enabling the MMU otherwise (commit c8c5185d,
+/// "mask out SME in ID_AA64PFR1_EL1 ... to fix nested virt on M4", which clears only its low
+/// two bits).
+pub fn guest_pfr1(reported: u64, el2: bool) -> u64 {
+    if el2 {
+        with_field(reported, PFR1_SME, 0)
+    } else {
+        reported
+    }
+}
+
 /// ID_AA64PFR0_EL1.EL2 [11:8]: 1 = EL2 implemented, AArch64 only.
 const PFR0_EL2: u32 = 8;
 /// ID_AA64PFR0_EL1.GIC [27:24]: 1 = the GICv3 CPU interface system registers are implemented.
@@ -73,6 +88,14 @@ mod tests {
         for (reported, el2, want) in table {
             assert_eq!(guest_pfr0(reported, el2), want, "{reported:#x} el2 {el2}");
         }
+    }
+
+    #[test]
+    fn sme_is_hidden_from_nested_guests_only() {
+        let m4 = 0x0000_0000_0200_0121; // SME = 2 (SME2) in [27:24], other fields set
+        assert_eq!(guest_pfr1(m4, true), 0x0000_0000_0000_0121);
+        assert_eq!(guest_pfr1(m4, false), m4);
+        assert_eq!(guest_pfr1(0xf << 24, true), 0, "every SME value, not just the low bits");
     }
 
     /// Finding 6 of reviews/hvf-review.md.

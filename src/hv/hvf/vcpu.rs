@@ -15,7 +15,7 @@ use super::kick::Doorbell;
 use super::regs::{entry_pstate, exception_regs, hv_reg, hv_sys_reg, HvReg};
 use super::shared::VmShared;
 use crate::arch::aarch64::esr::{MmioAccess, MmioDecision, WaitKind};
-use crate::arch::aarch64::features::{guest_mmfr0, guest_pfr0};
+use crate::arch::aarch64::features::{guest_mmfr0, guest_pfr0, guest_pfr1};
 use crate::arch::aarch64::inject::{
     current_el, inject, target_el, FromState, GuestException, TargetState,
 };
@@ -87,12 +87,9 @@ impl HvfVcpu {
         // Tell the guest the VM's address width, not the host's (PARange).
         let mmfr0 = vcpu.get_sys(HV_SYS_REG_ID_AA64MMFR0_EL1)?;
         vcpu.set_sys(HV_SYS_REG_ID_AA64MMFR0_EL1, guest_mmfr0(mmfr0, vcpu.vm.ipa_bits))?;
-        if vcpu.vm.el2 {
-            // Hide SME (ID_AA64PFR1_EL1.SME, bits [27:24]) from EL2 guests: QEMU found that
-            // guests break after enabling the MMU otherwise.
-            let pfr1 = vcpu.get_sys(HV_SYS_REG_ID_AA64PFR1_EL1)?;
-            vcpu.set_sys(HV_SYS_REG_ID_AA64PFR1_EL1, pfr1 & !(0xf << 24))?;
-        }
+        // Hide SME from nested guests (features::guest_pfr1).
+        let pfr1 = vcpu.get_sys(HV_SYS_REG_ID_AA64PFR1_EL1)?;
+        vcpu.set_sys(HV_SYS_REG_ID_AA64PFR1_EL1, guest_pfr1(pfr1, vcpu.vm.el2))?;
         vcpu.check_redistributor();
         vcpu.doorbell.attach(id);
         Ok(vcpu)
