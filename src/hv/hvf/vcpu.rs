@@ -454,6 +454,28 @@ impl HvfVcpu {
         Ok(false)
     }
 
+    /// Checks for a kick, sets the IRQ line, and runs the guest once: `None` if a kick came
+    /// first. Called between `Doorbell::enter_guest` and `leave_guest`.
+    fn enter(&mut self) -> Result<Option<hv_vcpu_exit_t>> {
+        if self.doorbell.take_kick() {
+            return Ok(None);
+        }
+        if let GicBackend::Userspace(u) = &self.vm.gic {
+            // The framework clears the line when the run returns (hv_vcpu.h): set it, high or
+            // low, before every entry.
+            let pending = u.gic.has_pending(self.index);
+            // SAFETY: this thread owns the vCPU.
+            let ret =
+                unsafe { hv_vcpu_set_pending_interrupt(self.id, HV_INTERRUPT_TYPE_IRQ, pending) };
+            check(ret, "hv_vcpu_set_pending_interrupt")?;
+        }
+        // SAFETY: this thread owns the vCPU.
+        check(unsafe { hv_vcpu_run(self.id) }, "hv_vcpu_run")?;
+        // SAFETY: the framework keeps the record alive for the vCPU's lifetime and wrote it
+        // before hv_vcpu_run returned on this thread.
+        Ok(Some(unsafe { *self.exit }))
+    }
+
     /// The guest's virtual count now, in its own counter's ticks: host clock ticks since the
     /// vtimer offset, rescaled when the guest counter runs at another rate (M4, recent SDK).
     fn guest_count(&self) -> u64 {
@@ -548,27 +570,19 @@ impl Vcpu for HvfVcpu {
         if !self.powered_on && !self.wait_until_powered_on()? {
             return Ok(VmExit::Kicked);
         }
-        if self.doorbell.take_kick() {
-            return Ok(VmExit::Kicked);
-        }
         if self.vtimer_masked {
             self.sync_vtimer()?;
         }
-        if let GicBackend::Userspace(u) = &self.vm.gic {
-            // The framework clears the line when the run returns (hv_vcpu.h): set it, high or
-            // low, before every entry.
-            let pending = u.gic.has_pending(self.index);
-            // SAFETY: this thread owns the vCPU.
-            let ret =
-                unsafe { hv_vcpu_set_pending_interrupt(self.id, HV_INTERRUPT_TYPE_IRQ, pending) };
-            check(ret, "hv_vcpu_set_pending_interrupt")?;
+        // From here until the run returns, a kick or a new interrupt for this vCPU also calls
+        // hv_vcpus_exit (kick.rs), so the checks in `enter` cannot miss one; outside this
+        // window the doorbell alone reaches the thread, and no empty exit is made.
+        self.doorbell.enter_guest();
+        let entered = self.enter();
+        self.doorbell.leave_guest();
+        match entered? {
+            Some(exit) => self.handle(exit),
+            None => Ok(VmExit::Kicked),
         }
-        // SAFETY: this thread owns the vCPU.
-        check(unsafe { hv_vcpu_run(self.id) }, "hv_vcpu_run")?;
-        // SAFETY: the framework keeps the record alive for the vCPU's lifetime and wrote it
-        // before hv_vcpu_run returned on this thread.
-        let exit = unsafe { *self.exit };
-        self.handle(exit)
     }
 
     fn kicker(&self) -> HvfKicker {
