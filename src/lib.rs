@@ -10,6 +10,7 @@ pub mod boot_time;
 pub mod config;
 pub mod console;
 pub mod exit_code;
+pub mod host;
 pub mod hv;
 pub mod queue_notify;
 pub mod stats;

@@ -63,6 +63,12 @@ struct Cli {
 enum Command {
     /// Measure what VM exits cost with built-in micro-guests (no kernel needed).
     Bench(BenchCli),
+    /// What this machine can do for hvrun's VMs: backend, limits, GIC, EL2, counter, features.
+    Host {
+        /// Print one JSON object instead of a line per fact.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `hvrun bench`: built-in micro-guests time a batch of exits with the guest's virtual counter.
@@ -115,8 +121,10 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .init();
     let cli = Cli::parse();
-    if let Some(Command::Bench(bench)) = cli.command {
-        return ExitCode::from(run_bench(bench) as u8);
+    match cli.command {
+        Some(Command::Bench(bench)) => return ExitCode::from(run_bench(bench) as u8),
+        Some(Command::Host { json }) => return ExitCode::from(hvrun::host::run(json) as u8),
+        None => {}
     }
     let Some(kernel) = cli.kernel else {
         return fail(exit_code::USAGE, "--kernel PATH is required");

@@ -20,6 +20,7 @@ use devices::IrqLine;
 /// The register names of the seam are arm64's; they live with the other arm64 facts.
 pub use crate::arch::aarch64::Reg;
 
+pub mod capabilities;
 pub mod hvf;
 #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
 pub mod kvm;

@@ -77,6 +77,29 @@ mod macos {
         })
     }
 
+    /// A string sysctl (`kern.osproductversion`, `machdep.cpu.brand_string`), or `None`.
+    pub fn sysctl_string(name: &std::ffi::CStr) -> Option<String> {
+        let mut buf = [0u8; 256];
+        let mut size = buf.len();
+        // SAFETY: the name is NUL-terminated; `buf` and `size` describe a writable buffer,
+        // which the call fills with at most `size` bytes.
+        let ret = unsafe {
+            libc::sysctlbyname(
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                &mut size,
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        if ret != 0 {
+            return None;
+        }
+        let text = buf.get(..size.min(buf.len()))?;
+        let text = text.split(|&b| b == 0).next().unwrap_or_default();
+        Some(String::from_utf8_lossy(text).into_owned())
+    }
+
     /// `sysctl kern.hv_support`, or `None` if it does not exist.
     pub fn hv_support() -> Option<i32> {
         let mut value: libc::c_int = 0;

@@ -3,10 +3,12 @@
 
 use hv_sys::newer::{El2Api, GicApi};
 
-use super::caps::{hv_support, query_caps, HostCaps};
+use super::caps::{counter_rates, hv_support, query_caps, sysctl_string, HostCaps};
 use super::errors::{check, no_hv_support_message};
+use super::gic::{choose_gic, geometry};
 use super::options::HvfOptions;
 use super::vm::{FrameworkVm, HvfVm};
+use crate::hv::capabilities::{HvfCapabilities, HvfVmLimits};
 use crate::hv::{HostLimits, HvError, Hypervisor, Result, VmSpec};
 use boot::PsciConduit;
 
@@ -33,6 +35,50 @@ impl HvfHypervisor {
         }
         Ok(HvfHypervisor { caps, options })
     }
+}
+
+/// What this Mac offers (`hvrun host`): the sysctls, the counter rates, and — if this process
+/// can create a VM at all — the framework's limits, GIC geometry and EL2 support, read with
+/// a probe VM.
+pub fn host_capabilities() -> HvfCapabilities {
+    let version = sysctl_string(c"kern.osproductversion").unwrap_or_else(|| "?".into());
+    let build = sysctl_string(c"kern.osversion").unwrap_or_else(|| "?".into());
+    let chip = sysctl_string(c"machdep.cpu.brand_string").unwrap_or_else(|| "?".into());
+    let hv_support = hv_support();
+    let usable = match no_hv_support_message(hv_support) {
+        Some(why) => Err(why),
+        None => vm_limits().map_err(|e| e.to_string()),
+    };
+    HvfCapabilities {
+        macos_version: format!("{version} ({build})"),
+        chip,
+        hv_support,
+        usable,
+        counter: counter_rates(),
+    }
+}
+
+/// The limits a VM has here, read with a probe VM that is destroyed before returning.
+fn vm_limits() -> Result<HvfVmLimits> {
+    let probe = FrameworkVm::create(std::ptr::null_mut())?;
+    let caps = query_caps()?;
+    let gic_geometry = caps.gic.map(|api| geometry(api).map_err(|e| e.to_string()));
+    let gic = choose_gic(gic_geometry.clone(), false).map_err(unsupported)?;
+    let el2_supported = El2Api::get().map(|api| {
+        let mut supported = false;
+        // SAFETY: writes one bool.
+        let ret = unsafe { (api.hv_vm_config_get_el2_supported)(&mut supported) };
+        ret == hv_sys::HV_SUCCESS && supported
+    });
+    drop(probe);
+    Ok(HvfVmLimits {
+        max_vcpus: caps.max_vcpus,
+        default_ipa_bits: caps.default_ipa_bits,
+        max_ipa_bits: caps.max_ipa_bits,
+        gic_geometry,
+        gic,
+        el2_supported,
+    })
 }
 
 /// Whether the chip and macOS support a guest EL2.

@@ -32,7 +32,7 @@ mod vm;
 
 pub use caps::HostCaps;
 #[cfg(target_os = "macos")]
-pub use hypervisor::HvfHypervisor;
+pub use hypervisor::{host_capabilities, HvfHypervisor};
 pub use options::HvfOptions;
 pub use shared::VmShared;
 #[cfg(target_os = "macos")]
