@@ -74,6 +74,9 @@ impl HvfVm {
         let framework_vm = created?;
         let doorbells = Arc::new(Doorbells::new(spec.vcpus));
         let framework_gic = caps.gic.map(|api| gic::geometry(api).map_err(|e| e.to_string()));
+        if let Some(Ok(geometry)) = &framework_gic {
+            log::info!("the framework's GIC: {geometry:?}");
+        }
         let choice = gic::choose_gic(framework_gic, options.nested).map_err(|why| {
             HvError::new(why, std::io::Error::from(std::io::ErrorKind::Unsupported))
         })?;
