@@ -12,6 +12,7 @@ pub mod bench;
 pub mod config;
 pub mod control;
 pub mod exit_code;
+pub mod host;
 pub mod hv;
 pub mod stats;
 pub mod terminal;

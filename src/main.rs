@@ -30,6 +30,12 @@ enum Command {
     Bench(BenchCli),
     /// macOS guests on Apple's Virtualization.framework: install from an IPSW, run.
     Macos(hvrun::vz::cli::MacosCli),
+    /// What this machine can do for hvrun's VMs: backend, limits, GIC, EL2, counter, features.
+    Host {
+        /// Print one JSON object instead of a line per fact.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `hvrun bench`: built-in micro-guests time a batch of exits with the guest's virtual counter.
@@ -74,6 +80,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Bench(bench)) => return ExitCode::from(run_bench(bench) as u8),
         Some(Command::Macos(macos)) => return ExitCode::from(hvrun::vz::run_macos(macos) as u8),
+        Some(Command::Host { json }) => return ExitCode::from(hvrun::host::run(json) as u8),
         None => {}
     }
     let config = match VmConfig::from_args(&cli.vm) {
@@ -117,15 +124,12 @@ fn run(config: &VmConfig) -> i32 {
 
 #[cfg(target_os = "macos")]
 fn run(config: &VmConfig) -> i32 {
-    use hvrun::hv::hvf::{wfi, HvfHypervisor, HvfOptions};
+    use hvrun::hv::hvf::{HvfHypervisor, HvfOptions};
 
-    let mut options = HvfOptions { nested: config.nested, ..HvfOptions::default() };
-    if let Ok(text) = std::env::var(wfi::SPIN_THRESHOLD_ENV) {
-        match wfi::parse_spin_threshold(&text) {
-            Ok(threshold) => options.wfi_spin = threshold,
-            Err(e) => return fail_code(exit_code::USAGE, &e),
-        }
-    }
+    let options = match HvfOptions::from_env(config.nested) {
+        Ok(options) => options,
+        Err(e) => return fail_code(exit_code::USAGE, &e),
+    };
     // Every failure here means this Mac or this binary cannot run VMs (no Apple Silicon, a
     // macOS VM, no entitlement, no EL2): the "unsupported host" exit code, like a missing KVM.
     let hv = match HvfHypervisor::open(options) {

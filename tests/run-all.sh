@@ -30,6 +30,8 @@ tests/guest/build-artifacts.sh
 
 step "formatting"
 cargo fmt --all -- --check
+step "shellcheck (tests/macos-smoke.sh)"
+shellcheck tests/macos-smoke.sh
 
 if [ "$(uname -m)" != aarch64 ]; then
     step "clippy (host)"

@@ -30,7 +30,7 @@ sudo=""
 host_arch=$(dpkg --print-architecture)
 # Debian's Rust 1.96 with its std sources: every host uses it for the macOS gate
 # (tests/darwin-check.sh builds std for aarch64-apple-darwin from rust-web-src).
-packages=(qemu-system-arm cpio kmod device-tree-compiler e2fsprogs xz-utils zstd file
+packages=(qemu-system-arm cpio kmod device-tree-compiler e2fsprogs xz-utils zstd file shellcheck
           rustc-web cargo-web rust-web-src rust-web-clippy)
 if [ "$host_arch" != arm64 ]; then
     packages+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross libstd-rust-web-dev)

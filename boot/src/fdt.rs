@@ -23,6 +23,10 @@ pub const IRQ_TYPE_LEVEL_HIGH: u32 = 4;
 /// Architected timer PPIs: secure physical, non-secure physical, virtual, hypervisor
 /// (arm,arch_timer.yaml gives this order).
 const TIMER_PPIS: [u32; 4] = [13, 14, 11, 10];
+/// The GIC's virtual CPU interface maintenance interrupt: PPI 9 (INTID 25), the number Arm's
+/// BSA recommends and Hypervisor.framework's GIC uses (`HV_GIC_INT_MAINTENANCE`; QEMU's HVF
+/// GIC refuses any other).
+pub const GIC_MAINTENANCE_PPI: u32 = 9;
 /// The 16550's input clock; Linux derives baud rates from it.
 const UART_CLOCK_HZ: u32 = 1_843_200;
 
@@ -161,6 +165,10 @@ fn gic(fdt: &mut FdtWriter, vcpus: u32) -> FdtWriterResult<()> {
         &[layout::GICD_BASE, layout::GICD_SIZE, layout::GICR_BASE, layout::gicr_size(vcpus)],
     )?;
     fdt.property_u32("#redistributor-regions", 1)?;
+    // A guest kernel at EL2 (--nested) only offers KVM a vGIC when the GIC node names its
+    // maintenance interrupt: Linux's gic_of_setup_kvm_info() returns early without it
+    // (drivers/irqchip/irq-gic-v3.c). A guest at EL1 ignores it.
+    fdt.property_array_u32("interrupts", &[GIC_PPI, GIC_MAINTENANCE_PPI, IRQ_TYPE_LEVEL_HIGH])?;
     fdt.property_phandle(GIC_PHANDLE)?;
     fdt.end_node(node)
 }
@@ -293,6 +301,22 @@ mod tests {
         ] {
             assert!(dts.contains(needle), "missing `{needle}` in:\n{dts}");
         }
+    }
+
+    /// The text of one node of a decompiled tree, from its name to its closing brace.
+    fn node<'a>(dts: &'a str, name: &str) -> &'a str {
+        let start = dts.find(&format!("{name} {{")).unwrap_or_else(|| panic!("no {name}"));
+        let end = dts[start..].find("};").map(|e| start + e).unwrap();
+        &dts[start..end]
+    }
+
+    #[test]
+    fn dtc_gic_names_its_maintenance_interrupt() {
+        let dts = decompile(&sample());
+        let intc = node(&dts, "intc@8000000");
+        // PPI 9, level high: what KVM in a guest at EL2 needs to offer a vGIC.
+        assert!(intc.contains("interrupts = <0x01 0x09 0x04>;"), "{intc}");
+        assert!(intc.contains("interrupt-controller;"), "{intc}");
     }
 
     #[test]

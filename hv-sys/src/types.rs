@@ -29,7 +29,8 @@ pub const HV_NO_DEVICE: hv_return_t = hv_error(0x06);
 /// The system did not allow the operation (typically: the binary lacks the
 /// `com.apple.security.hypervisor` entitlement).
 pub const HV_DENIED: hv_return_t = hv_error(0x07);
-/// The object already exists (arm64; the x86 header uses this code for `HV_FAULT`).
+/// The object already exists. Apple's arm64 `hv_kern_types.h` (XNU, © 2019-2026) names 0x08
+/// `HV_EXISTS`; some transcriptions call it `HV_FAULT` (the x86 header's name for the code).
 pub const HV_EXISTS: hv_return_t = hv_error(0x08);
 /// The hypervisor does not support the operation (e.g. inside a macOS VM without nested
 /// virtualisation, or EL2 on a chip before M3).
@@ -117,6 +118,8 @@ pub const HV_REG_CPSR: hv_reg_t = 34;
 /// `op0 << 14 | op1 << 11 | CRn << 7 | CRm << 3 | op2` — not the ESR ISS layout of a trapped
 /// access. Only the registers hvrun uses are listed.
 pub type hv_sys_reg_t = u16;
+/// MDCCINT_EL1: with EL2 enabled the framework traps it and expects it passed through.
+pub const HV_SYS_REG_MDCCINT_EL1: hv_sys_reg_t = 0x8010;
 pub const HV_SYS_REG_MDSCR_EL1: hv_sys_reg_t = 0x8012;
 pub const HV_SYS_REG_MIDR_EL1: hv_sys_reg_t = 0xc000;
 pub const HV_SYS_REG_MPIDR_EL1: hv_sys_reg_t = 0xc005;
@@ -149,6 +152,7 @@ pub const HV_SYS_REG_CNTP_CTL_EL0: hv_sys_reg_t = 0xdf11;
 /// macOS 15, only in VMs with an in-kernel GIC.
 pub const HV_SYS_REG_CNTP_CVAL_EL0: hv_sys_reg_t = 0xdf12;
 /// macOS 15, only in VMs with EL2 enabled (like the other `_EL2` registers below).
+pub const HV_SYS_REG_SCTLR_EL2: hv_sys_reg_t = 0xe080;
 pub const HV_SYS_REG_HCR_EL2: hv_sys_reg_t = 0xe088;
 pub const HV_SYS_REG_SPSR_EL2: hv_sys_reg_t = 0xe200;
 pub const HV_SYS_REG_ELR_EL2: hv_sys_reg_t = 0xe201;
@@ -156,6 +160,8 @@ pub const HV_SYS_REG_ESR_EL2: hv_sys_reg_t = 0xe290;
 pub const HV_SYS_REG_FAR_EL2: hv_sys_reg_t = 0xe300;
 pub const HV_SYS_REG_VBAR_EL2: hv_sys_reg_t = 0xe600;
 pub const HV_SYS_REG_CNTVOFF_EL2: hv_sys_reg_t = 0xe703;
+/// With EL2 enabled the framework traps it and expects it passed through.
+pub const HV_SYS_REG_CNTHCTL_EL2: hv_sys_reg_t = 0xe708;
 pub const HV_SYS_REG_SP_EL2: hv_sys_reg_t = 0xf208;
 
 /// The vCPU's interrupt lines (`hv_interrupt_type_t`, a `uint32_t` enum). IRQ is 0 and FIQ 1 in
@@ -180,7 +186,11 @@ pub const HV_FEATURE_REG_CTR_EL0: hv_feature_reg_t = 9;
 pub const HV_FEATURE_REG_CLIDR_EL1: hv_feature_reg_t = 10;
 pub const HV_FEATURE_REG_DCZID_EL0: hv_feature_reg_t = 11;
 
-/// Interrupt IDs the framework reserves when it provides the GIC (`hv_gic_intid_t`, `uint16_t`).
+/// The interrupts the framework's GIC reserves (`hv_gic_intid_t`, `uint16_t`). These are keys
+/// for `hv_gic_get_intid`, which returns the INTID to use: the values below agree with two
+/// independent transcriptions (and with QEMU comparing the maintenance INTID against
+/// `HV_GIC_INT_MAINTENANCE`), but VirtualBox's fallback enum for older SDKs orders the names
+/// differently over the same numbers, so hvrun does not treat them as INTIDs.
 pub type hv_gic_intid_t = u16;
 pub const HV_GIC_INT_PERFORMANCE_MONITOR: hv_gic_intid_t = 23;
 pub const HV_GIC_INT_MAINTENANCE: hv_gic_intid_t = 25;
@@ -244,6 +254,9 @@ mod tests {
         assert_eq!(HV_SYS_REG_CNTP_CTL_EL0, encode(3, 3, 14, 2, 1));
         assert_eq!(HV_SYS_REG_SP_EL1, encode(3, 4, 4, 1, 0));
         assert_eq!(HV_SYS_REG_HCR_EL2, encode(3, 4, 1, 1, 0));
+        assert_eq!(HV_SYS_REG_SCTLR_EL2, encode(3, 4, 1, 0, 0));
+        assert_eq!(HV_SYS_REG_CNTHCTL_EL2, encode(3, 4, 14, 1, 0));
+        assert_eq!(HV_SYS_REG_MDCCINT_EL1, encode(2, 0, 0, 2, 0));
         assert_eq!(HV_SYS_REG_CNTVOFF_EL2, encode(3, 4, 14, 0, 3));
         assert_eq!(HV_SYS_REG_SP_EL2, encode(3, 6, 4, 1, 0));
         assert_eq!(HV_GIC_ICC_REG_PMR_EL1, encode(3, 0, 4, 6, 0));

@@ -16,6 +16,10 @@ use std::sync::Arc;
 use boot::PsciConduit;
 use devices::{IrqLine, Notifier};
 
+/// The register names of the seam are arm64's; they live with the other arm64 facts.
+pub use crate::arch::aarch64::Reg;
+
+pub mod capabilities;
 pub mod hvf;
 #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
 pub mod kvm;
@@ -122,21 +126,6 @@ pub enum VmEntry {
     /// The value of the MMIO load from the previous exit (zero-extended; the backend applies the
     /// access width and any sign extension the instruction asked for).
     MmioData(u64),
-}
-
-/// arm64 registers the VMM sets or reads by name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reg {
-    /// General-purpose register X0–X30.
-    X(u8),
-    /// The stack pointer of the current exception level.
-    Sp,
-    /// The program counter.
-    Pc,
-    /// PSTATE (CPSR): exception level, stack pointer selection, DAIF masks.
-    Pstate,
-    /// MPIDR_EL1: the vCPU's affinity, which the FDT `cpu@` nodes must match.
-    Mpidr,
 }
 
 /// Access rights of a guest memory mapping.

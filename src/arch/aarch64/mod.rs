@@ -3,13 +3,28 @@
 //! WFI and the virtual timer.
 
 pub mod esr;
-pub mod gic;
+pub mod features;
+pub mod inject;
 pub mod power;
 pub mod psci;
 pub mod sysreg;
 pub mod timer;
 
-use crate::hv::Reg;
+/// arm64 registers the VMM sets or reads by name (the backends translate them: KVM's
+/// `KVM_REG_ARM64` ids, Hypervisor.framework's `hv_reg_t` / `hv_sys_reg_t`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reg {
+    /// General-purpose register X0–X30.
+    X(u8),
+    /// The stack pointer of the current exception level.
+    Sp,
+    /// The program counter.
+    Pc,
+    /// PSTATE (CPSR): exception level, stack pointer selection, DAIF masks.
+    Pstate,
+    /// MPIDR_EL1: the vCPU's affinity, which the FDT `cpu@` nodes must match.
+    Mpidr,
+}
 
 /// PSTATE at kernel entry: EL1 using SP_EL1 ("EL1h", M[3:0] = 0b0101) with the D, A, I and F
 /// exceptions masked — Documentation/arch/arm64/booting.rst §4 ("All forms of interrupts must be

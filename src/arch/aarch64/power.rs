@@ -8,18 +8,9 @@
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use super::psci::{ret, CpuOnRequest, PowerStateView, MPIDR_AFFINITY_MASK};
-use crate::hv::Reg;
+use super::Reg;
 
-/// A vCPU's PSCI power state (DEN0022 §5.7, AFFINITY_INFO).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PowerState {
-    /// Not running; its thread waits for CPU_ON.
-    Off,
-    /// CPU_ON accepted; its thread has not yet entered the guest.
-    OnPending,
-    /// Running guest code (or sleeping in WFI, which is still On).
-    On,
-}
+pub use super::psci::PowerState;
 
 /// Where and how a vCPU starts after CPU_ON.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,10 +21,30 @@ pub struct CpuStart {
     pub context_id: u64,
 }
 
+/// SCTLR_EL1 with only its RES1 bits set: MMU and caches off, as PSCI CPU_ON requires of the
+/// entry state (DEN0022 §6.4). Bits 29, 28, 23, 22, 20 and 11 are RES1 (Arm ARM D24.2.163).
+pub const SCTLR_EL1_CPU_ON: u64 = 0x30d0_0800;
+
+/// SCTLR_ELx bits CPU_ON turns off: M (stage 1 MMU, bit 0), A (alignment checks, 1), C (data
+/// cache, 2), I (instruction cache, 12) and WXN (19). DEN0022 §6.4 wants the MMU and data
+/// cache off at the entry point (the instruction cache may be either).
+const SCTLR_CPU_ON_CLEAR: u64 = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 12) | (1 << 19);
+
+/// SCTLR_EL2 for a vCPU started by CPU_ON at EL2 (`--nested`), from its current value: the
+/// MMU and caches off, every other bit kept. Read-modify-write rather than a fixed reset value
+/// because SCTLR_EL2's layout (and its RES1 bits) depends on HCR_EL2.E2H, which Apple's cores
+/// fix at 1 (m1n1 runs macOS with "VHE mode (forced)"), while the architecture's non-VHE value
+/// would set bits that are RES0 then. Without this, a vCPU restarted after CPU_OFF would enter
+/// a physical address with its old MMU on.
+pub fn sctlr_el2_for_cpu_on(current: u64) -> u64 {
+    current & !SCTLR_CPU_ON_CLEAR
+}
+
 impl CpuStart {
     /// The registers to set before the first run after CPU_ON (DEN0022 §6.4: EL1, x0 = context
-    /// id, interrupts masked). The backend also resets the EL1 system registers (SCTLR_EL1: MMU
-    /// and caches off) if the vCPU ran before.
+    /// id, interrupts masked). The backend also resets the system registers of the entry EL
+    /// ([`SCTLR_EL1_CPU_ON`], and [`sctlr_el2_for_cpu_on`] for a guest with EL2) if the vCPU ran
+    /// before.
     pub fn registers(&self) -> [(Reg, u64); 3] {
         [
             (Reg::X(0), self.context_id),

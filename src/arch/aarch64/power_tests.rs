@@ -121,3 +121,17 @@ fn unknown_indices_never_panic() {
     s.running(5);
     s.cpu_off(5);
 }
+
+/// Finding 9 of reviews/hvf-review.md: a CPU_ON at EL2 turns the EL2 MMU and caches off.
+#[test]
+fn cpu_on_at_el2_turns_the_mmu_and_caches_off() {
+    // A VHE kernel's SCTLR_EL2 (EL1 layout: RES1 0x30d00800) with M, C, I, SA, WXN, EE set.
+    let running = 0x30d0_0800 | 1 | (1 << 2) | (1 << 3) | (1 << 12) | (1 << 19) | (1 << 25);
+    let started = sctlr_el2_for_cpu_on(running);
+    assert_eq!(started, 0x30d0_0800 | (1 << 3) | (1 << 25), "SA and EE kept");
+    assert_eq!(started & 0b101, 0, "MMU and data cache off");
+    // The non-VHE layout's RES1 bits (0x30c50830) survive as they are.
+    assert_eq!(sctlr_el2_for_cpu_on(0x30c5_0830 | 1), 0x30c5_0830);
+    assert_eq!(sctlr_el2_for_cpu_on(0), 0, "never sets a bit");
+    assert_eq!(SCTLR_EL1_CPU_ON & 0b101, 0);
+}

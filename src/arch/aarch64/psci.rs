@@ -8,8 +8,6 @@
 
 use boot::PsciConduit;
 
-use super::power::PowerState;
-
 /// PSCI and SMCCC function IDs (DEN0022 §5.1, DEN0028 §7). `_32` / `_64`: SMC32 and SMC64
 /// calling conventions (bit 30 of the ID).
 pub mod function {
@@ -127,6 +125,17 @@ pub enum PsciAction {
     SystemOff,
     /// PSCI SYSTEM_RESET: reset (or, with `--no-reboot`, end) the VM.
     SystemReset,
+}
+
+/// A vCPU's PSCI power state (DEN0022 §5.7, AFFINITY_INFO).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PowerState {
+    /// Not running; its thread waits for CPU_ON.
+    Off,
+    /// CPU_ON accepted; its thread has not yet entered the guest.
+    OnPending,
+    /// Running guest code (or sleeping in WFI, which is still On).
+    On,
 }
 
 /// What PSCI needs to know about the VM's vCPUs. Implemented by

@@ -81,6 +81,71 @@ pub fn ticks_to_duration(ticks: u64, frequency_hz: u64) -> Option<Duration> {
     Some(Duration::new(secs, nanos as u32))
 }
 
+/// Ticks per second of a Mach-style timebase, where `nanoseconds = ticks * numer / denom`
+/// (`mach_timebase_info`: 125/3 on Apple Silicon's 24 MHz counter, 1/1 for a 1 GHz one).
+/// `None` for a timebase that cannot be (a zero in either field).
+pub fn timebase_hz(numer: u32, denom: u32) -> Option<u64> {
+    if numer == 0 || denom == 0 {
+        return None;
+    }
+    Some(1_000_000_000 * u64::from(denom) / u64::from(numer))
+}
+
+/// `ticks` of a counter at `from_hz` in ticks of one at `to_hz` (rounded down, saturating).
+pub fn rescale(ticks: u64, from_hz: u64, to_hz: u64) -> u64 {
+    if from_hz == to_hz || from_hz == 0 {
+        return ticks;
+    }
+    let scaled = u128::from(ticks) * u128::from(to_hz) / u128::from(from_hz);
+    u64::try_from(scaled).unwrap_or(u64::MAX)
+}
+
+/// The two clocks a backend that emulates WFI must not mix up: the guest's counter (its
+/// CNTFRQ_EL0 rate, in which it programs CNTV_CVAL_EL0) and the host clock the vtimer offset
+/// is defined against (`hv_vcpu.h`: `CNTVCT_EL0 = mach_absolute_time() - vtimer_offset`).
+///
+/// On every Apple chip before M4 both run at 24 MHz. On M4-class chips macOS scales CNTFRQ and
+/// CNTVCT to 1 GHz for processes built with a recent SDK (and, reportedly, their VMs:
+/// utmapp/UTM#6942), while `mach_absolute_time` stays at 24 MHz (wolfpld/tracy#1239): then a
+/// host tick count must be rescaled before it is compared with a guest deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterRates {
+    /// The guest counter's ticks per second (CNTFRQ_EL0).
+    pub counter_hz: u64,
+    /// The host clock's ticks per second (`mach_timebase_info`).
+    pub host_hz: u64,
+}
+
+impl CounterRates {
+    /// From CNTFRQ_EL0 as read on the host and the host clock's rate. A missing value falls
+    /// back to the other, and both missing to Apple Silicon's 24 MHz.
+    pub fn new(cntfrq_el0: u64, host_hz: Option<u64>) -> Self {
+        const APPLE_COUNTER_HZ: u64 = 24_000_000;
+        let host_hz = host_hz.filter(|&hz| hz > 0);
+        let counter_hz = match (cntfrq_el0, host_hz) {
+            (0, Some(hz)) => hz,
+            (0, None) => APPLE_COUNTER_HZ,
+            (hz, _) => hz,
+        };
+        CounterRates { counter_hz, host_hz: host_hz.unwrap_or(counter_hz) }
+    }
+
+    /// Whether the guest counter and the host clock tick at the same rate.
+    pub fn agree(&self) -> bool {
+        self.counter_hz == self.host_hz
+    }
+
+    /// A count of host clock ticks (e.g. the guest's count since the vtimer offset) in guest
+    /// counter ticks.
+    pub fn to_counter_ticks(&self, host_ticks: u64) -> u64 {
+        rescale(host_ticks, self.host_hz, self.counter_hz)
+    }
+}
+
+/// A WFI whose timer is due further away than this is suspicious: Linux keeps its deadlines
+/// within seconds. It usually means the counter domains disagree (see [`CounterRates`]).
+pub const IMPLAUSIBLE_TIMER_WAIT: Duration = Duration::from_secs(3600);
+
 /// Whether the virtual timer drives its interrupt line (PPI 27) high: ENABLE and ISTATUS set,
 /// IMASK clear.
 pub fn vtimer_line_high(cntv_ctl: u64) -> bool {

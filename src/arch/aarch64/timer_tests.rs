@@ -84,6 +84,71 @@ fn tick_conversion_is_exact_and_overflow_free() {
     );
 }
 
+/// Finding 5 of reviews/hvf-review.md: the conversions at both counter rates Apple chips use.
+#[test]
+fn counter_conversions_at_24_mhz_and_1_ghz() {
+    const GHZ: u64 = 1_000_000_000;
+    // mach_timebase_info of a 24 MHz and a 1 GHz clock.
+    assert_eq!(timebase_hz(125, 3), Some(HZ));
+    assert_eq!(timebase_hz(1, 1), Some(GHZ));
+    assert_eq!(timebase_hz(0, 1), None);
+    assert_eq!(timebase_hz(1, 0), None);
+    // One tick, one second, and a deadline 10 ms away, at each rate.
+    assert_eq!(ticks_to_duration(1, HZ), Some(Duration::from_nanos(41)));
+    assert_eq!(ticks_to_duration(1, GHZ), Some(Duration::from_nanos(1)));
+    assert_eq!(ticks_to_duration(HZ, HZ), Some(Duration::from_secs(1)));
+    assert_eq!(ticks_to_duration(GHZ, GHZ), Some(Duration::from_secs(1)));
+    for hz in [HZ, GHZ] {
+        let now = 7 * hz; // 7 s after the vtimer offset
+        let inputs = WfiInputs {
+            cntv_ctl: EN,
+            cntv_cval: now + hz / 100,
+            cntvct: now,
+            cntfrq_hz: hz,
+            interrupt_pending: false,
+        };
+        assert_eq!(
+            wfi_decision(&inputs, DEFAULT_SPIN_THRESHOLD),
+            WfiDecision::SleepFor(Duration::from_millis(10)),
+            "{hz} Hz"
+        );
+    }
+    // Host clock at 24 MHz, guest counter scaled to 1 GHz (M4, recent SDK): 1 s of host
+    // ticks is 1e9 guest ticks, and a host count never overflows in the conversion.
+    let m4 = CounterRates::new(GHZ, timebase_hz(125, 3));
+    assert_eq!(m4, CounterRates { counter_hz: GHZ, host_hz: HZ });
+    assert!(!m4.agree());
+    assert_eq!(m4.to_counter_ticks(HZ), GHZ);
+    assert_eq!(m4.to_counter_ticks(3), 125);
+    assert_eq!(m4.to_counter_ticks(u64::MAX), u64::MAX, "saturates");
+    let m1 = CounterRates::new(HZ, timebase_hz(125, 3));
+    assert!(m1.agree());
+    assert_eq!(m1.to_counter_ticks(123_456_789), 123_456_789, "same rate: unchanged");
+    // Reading "now" at the host rate and comparing it with a 1 GHz deadline is the bug the
+    // conversion prevents: the 10 ms wait would look like 41.7x longer.
+    let host_now = 7 * HZ;
+    let mixed = WfiInputs {
+        cntv_ctl: EN,
+        cntv_cval: m4.to_counter_ticks(host_now) + GHZ / 100,
+        cntvct: m4.to_counter_ticks(host_now),
+        cntfrq_hz: m4.counter_hz,
+        interrupt_pending: false,
+    };
+    assert_eq!(
+        wfi_decision(&mixed, DEFAULT_SPIN_THRESHOLD),
+        WfiDecision::SleepFor(Duration::from_millis(10))
+    );
+}
+
+#[test]
+fn counter_rates_fall_back_when_a_value_is_missing() {
+    assert_eq!(CounterRates::new(0, Some(HZ)), CounterRates { counter_hz: HZ, host_hz: HZ });
+    assert_eq!(CounterRates::new(HZ, None), CounterRates { counter_hz: HZ, host_hz: HZ });
+    assert_eq!(CounterRates::new(0, None), CounterRates { counter_hz: HZ, host_hz: HZ });
+    assert_eq!(CounterRates::new(HZ, Some(0)), CounterRates { counter_hz: HZ, host_hz: HZ });
+    assert_eq!(rescale(10, 0, HZ), 10, "a 0 Hz source is not divided by");
+}
+
 #[test]
 fn vtimer_line_and_unmask_rule() {
     for ctl in 0..8u64 {

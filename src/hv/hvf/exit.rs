@@ -4,10 +4,10 @@
 
 use hv_sys::*;
 
-use super::inject::GuestException;
 use crate::arch::aarch64::esr::{
     wait_kind, DataAbortIss, Esr, ExceptionClass, MmioDecision, WaitKind,
 };
+use crate::arch::aarch64::inject::GuestException;
 
 /// What one exit asks of the backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,101 +1,58 @@
-//! A Hypervisor.framework VM: its configuration (IPA width, EL2), the in-kernel GIC, guest
-//! memory, and the state its vCPU threads share (power states, doorbells, the vtimer offset).
+//! A Hypervisor.framework VM: its configuration (IPA width, EL2), its interrupt controller,
+//! guest memory, and the state its vCPU threads share (`shared.rs`).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use hv_sys::newer::{El2Api, GicApi};
+use hv_sys::newer::El2Api;
 use hv_sys::*;
 
+use super::caps::{counter_rates, HostCaps};
 use super::errors::check;
-use super::gic::{self, UserspaceGic};
-use super::ipa::{choose_ipa_bits, IpaChoice};
-use super::kick::Doorbell;
+use super::gic::{self, GicBackend, GicChoice, UserspaceGic};
+use super::ipa::{choose_ipa_bits, ipa_bits, IpaChoice};
+use super::kick::Doorbells;
+use super::options::HvfOptions;
+use super::shared::VmShared;
 use super::vcpu::HvfVcpu;
-use super::{HostCaps, HvfOptions};
-use crate::arch::aarch64::gic::userspace_gic;
 use crate::arch::aarch64::mpidr_for_vcpu;
 use crate::arch::aarch64::power::VcpuPowerStates;
 use crate::arch::aarch64::sysreg::UndefinedSysRegs;
-use crate::arch::aarch64::timer::VtimerOffset;
+use crate::arch::aarch64::timer::{CounterRates, VtimerOffset};
 use crate::hv::{HvError, MemoryPerms, Result, Vm, VmSpec};
-use devices::gic_v3::VcpuWaker;
 use devices::IrqLine;
-
-/// The VM's interrupt controller.
-pub enum GicBackend {
-    /// The framework's GICv3 (macOS 15).
-    InKernel(&'static GicApi),
-    /// hvrun's model (macOS 13/14): the backend serves its MMIO and ICC registers and drives
-    /// each vCPU's IRQ line with `hv_vcpu_set_pending_interrupt`.
-    Userspace(UserspaceGic),
-}
-
-/// What a VM's vCPU threads share.
-pub struct VmShared {
-    /// PSCI power states and the CPU_ON mailbox.
-    pub power: VcpuPowerStates,
-    /// One per vCPU: kicks and WFI wake-ups.
-    pub doorbells: Vec<Arc<Doorbell>>,
-    /// Whether vCPU `i` exists (so a kick may call `hv_vcpus_exit` on it).
-    pub alive: Vec<AtomicBool>,
-    /// The framework's handle of vCPU `i`, once created.
-    pub handles: Vec<AtomicU64>,
-    pub gic: GicBackend,
-    /// Guest accesses to system registers hvrun does not emulate (each got an UNDEF).
-    pub undefined_sysregs: UndefinedSysRegs,
-    /// An injected exception for an unemulated trap was logged (once per VM).
-    pub injected_logged: AtomicBool,
-    /// The guest runs at EL2 (`--nested`).
-    pub el2: bool,
-    /// One vtimer offset for every vCPU: booting.rst requires CNTVOFF to be the same on all
-    /// CPUs. `CNTVCT_EL0 = mach_absolute_time() - offset`, so the guest's count starts at 0.
-    pub vtimer_offset: u64,
-    /// The counter frequency (`mach_absolute_time` ticks per second; the guest's CNTFRQ).
-    pub counter_hz: u64,
-    /// WFI does not sleep when the timer is due sooner than this.
-    pub wfi_spin: Duration,
-}
-
-impl VmShared {
-    /// Ends the WFI sleep of every vCPU (an interrupt may be pending for one of them).
-    pub fn wake_all(&self) {
-        for bell in &self.doorbells {
-            bell.wake();
-        }
-    }
-
-    /// Makes vCPU `index` look at its interrupts again: out of a WFI sleep, and out of the
-    /// guest if it is running (its IRQ line is set before each entry).
-    pub fn interrupt(&self, index: u32) {
-        let i = index as usize;
-        if let Some(bell) = self.doorbells.get(i) {
-            bell.wake();
-        }
-        if self.alive.get(i).is_some_and(|a| a.load(Ordering::Acquire)) {
-            let handle = self.handles[i].load(Ordering::Acquire);
-            // SAFETY: hv_vcpus_exit may be called from any thread; it reads one handle. A vCPU
-            // destroyed just after the check makes it fail harmlessly.
-            unsafe { hv_vcpus_exit(&handle, 1) };
-        }
-    }
-}
-
-/// The userspace GIC's way to reach vCPUs. Weak, because the GIC lives inside [`VmShared`].
-struct Waker(Weak<VmShared>);
-
-impl VcpuWaker for Waker {
-    fn wake(&self, vcpu: u32) {
-        if let Some(vm) = self.0.upgrade() {
-            vm.interrupt(vcpu);
-        }
-    }
-}
 
 /// The process's one VM.
 pub struct HvfVm {
     shared: Arc<VmShared>,
+    /// Declared last, so it is dropped last: the framework's VM outlives everything above.
+    _vm: FrameworkVm,
+}
+
+/// Owns the framework's VM from the moment `hv_vm_create` succeeds: dropping it destroys the
+/// VM, on every error path too. Otherwise the next `hv_vm_create` in this process (a reboot,
+/// or `hvrun host` after a probe) would fail with HV_BUSY: one VM per process (`hv_vm.h`).
+pub(super) struct FrameworkVm(());
+
+impl FrameworkVm {
+    /// `hv_vm_create` with `config` (null: the defaults).
+    pub(super) fn create(config: hv_vm_config_t) -> Result<Self> {
+        // SAFETY: `config` is a live configuration or null (the defaults).
+        check(unsafe { hv_vm_create(config) }, "hv_vm_create")?;
+        Ok(FrameworkVm(()))
+    }
+}
+
+impl Drop for FrameworkVm {
+    fn drop(&mut self) {
+        // Every vCPU was destroyed by its own thread, which the VMM joined before dropping the
+        // VM (`hv_vm_destroy` requires that).
+        // SAFETY: no arguments; this process's VM exists.
+        let ret = unsafe { hv_vm_destroy() };
+        if let Err(e) = check(ret, "hv_vm_destroy") {
+            log::warn!("{e}");
+        }
+    }
 }
 
 impl HvfVm {
@@ -107,31 +64,41 @@ impl HvfVm {
         // SAFETY: no arguments; returns a new OS object (null on failure, which
         // hv_vm_create treats as "defaults" — then the checks below fail loudly).
         let config = unsafe { hv_vm_config_create() };
-        let configured = configure(config, ipa, options.nested);
-        let created = configured.and_then(|()| {
-            // SAFETY: `config` is a live configuration (or null: the defaults).
-            check(unsafe { hv_vm_create(config) }, "hv_vm_create")
-        });
+        let created =
+            configure(config, ipa, options.nested).and_then(|()| FrameworkVm::create(config));
         if !config.is_null() {
             // SAFETY: we own the one reference hv_vm_config_create gave us.
             unsafe { os_release(config) };
         }
-        created?;
-        // From here on, dropping `vm` destroys the framework's VM.
-        let gic = match caps.gic {
-            Some(api) => GicBackend::InKernel(api),
-            None => GicBackend::Userspace(UserspaceGic::new(userspace_gic(spec.vcpus).map_err(
-                |e| HvError::new("creating the userspace GIC", std::io::Error::other(e)),
-            )?)),
-        };
-        let vm = HvfVm { shared: Arc::new(shared_state(gic, options, spec)) };
-        match &vm.shared.gic {
-            GicBackend::InKernel(api) => gic::create(api)?,
-            GicBackend::Userspace(u) => {
-                u.gic.set_waker(Arc::new(Waker(Arc::downgrade(&vm.shared))))
-            }
+        // From here on, dropping `framework_vm` (or the HvfVm holding it) destroys the VM.
+        let framework_vm = created?;
+        let doorbells = Arc::new(Doorbells::new(spec.vcpus));
+        let framework_gic = caps.gic.map(|api| gic::geometry(api).map_err(|e| e.to_string()));
+        if let Some(Ok(geometry)) = &framework_gic {
+            log::info!("the framework's GIC: {geometry:?}");
         }
-        Ok(vm)
+        let choice = gic::choose_gic(framework_gic, options.nested).map_err(|why| {
+            HvError::new(why, std::io::Error::from(std::io::ErrorKind::Unsupported))
+        })?;
+        let gic = match (choice, caps.gic) {
+            (GicChoice::InKernel, Some(api)) => GicBackend::InKernel(api),
+            (choice, _) => {
+                if let GicChoice::Userspace(why) = choice {
+                    log::info!("{why}: using hvrun's userspace GICv3");
+                }
+                let userspace = UserspaceGic::new(spec.vcpus).map_err(|e| {
+                    HvError::new("creating the userspace GIC", std::io::Error::other(e))
+                })?;
+                userspace.gic.set_waker(Arc::new(gic::Waker(doorbells.clone())));
+                GicBackend::Userspace(userspace)
+            }
+        };
+        let ipa_bits = ipa_bits(ipa, caps.default_ipa_bits);
+        if let GicBackend::InKernel(api) = &gic {
+            gic::create(api)?;
+        }
+        let shared = Arc::new(shared_state(gic, doorbells, options, spec, ipa_bits));
+        Ok(HvfVm { shared, _vm: framework_vm })
     }
 }
 
@@ -155,45 +122,45 @@ fn configure(config: hv_vm_config_t, ipa: IpaChoice, nested: bool) -> Result<()>
     Ok(())
 }
 
-fn shared_state(gic: GicBackend, options: &HvfOptions, spec: &VmSpec) -> VmShared {
+/// Logs the counter rates once per VM: when they differ (M4-class chips with a recent SDK)
+/// WFI deadlines depend on how the framework applies the vtimer offset, which is unconfirmed.
+fn log_counter_rates(rates: &CounterRates) {
+    if rates.agree() {
+        log::info!("guest counter: {} Hz (CNTFRQ_EL0 = host clock)", rates.counter_hz);
+    } else {
+        log::warn!(
+            "guest counter at {} Hz (CNTFRQ_EL0) but the host clock at {} Hz: WFI deadlines are \
+             converted between them (unconfirmed on hardware; please report `hvrun host`)",
+            rates.counter_hz,
+            rates.host_hz
+        );
+    }
+}
+
+fn shared_state(
+    gic: GicBackend,
+    doorbells: Arc<Doorbells>,
+    options: &HvfOptions,
+    spec: &VmSpec,
+    ipa_bits: u32,
+) -> VmShared {
     // SAFETY: mach_absolute_time has no preconditions.
     let vtimer = VtimerOffset::starting_at(unsafe { mach_absolute_time() });
+    let counter = counter_rates();
+    log_counter_rates(&counter);
     VmShared {
         power: VcpuPowerStates::new((0..spec.vcpus).map(mpidr_for_vcpu).collect()),
-        doorbells: (0..spec.vcpus).map(|_| Arc::new(Doorbell::new())).collect(),
-        alive: (0..spec.vcpus).map(|_| AtomicBool::new(false)).collect(),
-        handles: (0..spec.vcpus).map(|_| AtomicU64::new(0)).collect(),
+        doorbells,
         gic,
         undefined_sysregs: UndefinedSysRegs::default(),
         injected_logged: AtomicBool::new(false),
+        timer_warned: AtomicBool::new(false),
+        vtimer_exit_logged: AtomicBool::new(false),
         el2: options.nested,
+        ipa_bits,
         vtimer_offset: vtimer.offset(),
-        counter_hz: counter_frequency(),
+        counter,
         wfi_spin: options.wfi_spin,
-    }
-}
-
-/// Ticks per second of `mach_absolute_time`: `ns = ticks * numer / denom`, so
-/// `hz = 1e9 * denom / numer` (24 MHz on Apple Silicon).
-fn counter_frequency() -> u64 {
-    let mut info = mach_timebase_info_data_t::default();
-    // SAFETY: writes the two fields of `info`.
-    let ret = unsafe { mach_timebase_info(&mut info) };
-    if ret != 0 || info.numer == 0 {
-        return 24_000_000;
-    }
-    1_000_000_000 * u64::from(info.denom) / u64::from(info.numer)
-}
-
-impl Drop for HvfVm {
-    fn drop(&mut self) {
-        // Every vCPU was destroyed by its own thread, which the VMM joined before dropping the
-        // VM (`hv_vm_destroy` requires that).
-        // SAFETY: no arguments; this process's VM exists.
-        let ret = unsafe { hv_vm_destroy() };
-        if let Err(e) = check(ret, "hv_vm_destroy") {
-            log::warn!("{e}");
-        }
     }
 }
 
@@ -235,7 +202,7 @@ impl Vm for HvfVm {
             GicBackend::InKernel(api) => Some(Arc::new(gic::InKernelSpi {
                 api,
                 intid: 32 + spi,
-                vm: self.shared.clone(),
+                doorbells: self.shared.doorbells.clone(),
                 logged: AtomicBool::new(false),
             }) as Arc<dyn IrqLine>),
             GicBackend::Userspace(u) => u.gic.spi_line(spi),

@@ -4,6 +4,7 @@
 //! AFFINITY_INFO, ...) and the timers are all served there, so the only exits hvrun sees are MMIO
 //! to its own devices and PSCI SYSTEM_OFF/SYSTEM_RESET.
 
+pub mod caps;
 mod kick;
 mod regs;
 mod vcpu;
