@@ -179,6 +179,9 @@ EOF
 
 make_initrd host-initrd "${host_modules[@]}" <<'EOF'
 load_modules
+# Pseudo-terminals, for tests that give hvrun a real terminal (raw mode, the quit key).
+mkdir -p /dev/pts
+mount -t devpts -o ptmxmode=0666 devpts /dev/pts
 for word in $(cat /proc/cmdline); do
     case $word in
         hvrun.share=*) share=${word#*=} ;;
