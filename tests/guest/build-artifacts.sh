@@ -16,17 +16,30 @@
 #   kernel-version        e.g. 6.1.0-56-arm64;  config: that kernel's build configuration
 #
 # The kernel is whatever Debian's linux-image-arm64 depends on today (mirrors drop old builds);
-# HVRUN_GUEST_KERNEL names another such meta-package, e.g. linux-image-6.12-arm64 (newer KVM).
-# Downloads are kept in target/guest-artifacts/cache; nothing is rebuilt while the package
-# versions and this script stay the same.
+# HVRUN_GUEST_KERNEL names another such meta-package, and HVRUN_ARTIFACTS_DIR another output
+# directory. Downloads are kept in the output directory's cache/; nothing is rebuilt while the
+# package versions and this script stay the same.
+#
+# The same files are also built, first, for the OUTER emulated machine into
+# target/machine-artifacts/, from HVRUN_MACHINE_KERNEL (default linux-image-6.12-arm64): that
+# machine's KVM runs hvrun, and bookworm's 6.1 KVM, emulated by QEMU 7.2, sometimes lets a
+# multi-vCPU nested guest's clock run backwards — the guest then spins in timekeeping with
+# interrupts off, whatever VMM runs it (README, "The 2-vCPU hang"). 6.12's KVM does not.
 #
 # Usage: tests/guest/build-artifacts.sh     (needs root, for the /dev/console node; run
 #        tests/setup-host.sh first)
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-out=$repo/target/guest-artifacts
+out=${HVRUN_ARTIFACTS_DIR:-$repo/target/guest-artifacts}
 cache=$out/cache
+
+if [ -z "${HVRUN_ARTIFACTS_DIR:-}" ]; then
+    echo "build-artifacts: the emulated machine's own kernel and initramfs (target/machine-artifacts)" >&2
+    HVRUN_GUEST_KERNEL=${HVRUN_MACHINE_KERNEL:-linux-image-6.12-arm64} \
+        HVRUN_ARTIFACTS_DIR=$repo/target/machine-artifacts "${BASH_SOURCE[0]}"
+    echo "build-artifacts: the nested guest's kernel and initramfs (target/guest-artifacts)" >&2
+fi
 
 # Modules each initramfs loads at boot, with their dependencies. A name the kernel does not
 # have (as a module) is left out at build time.
