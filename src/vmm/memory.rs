@@ -9,9 +9,9 @@
 //! `MADV_HUGEPAGE`, so the host backs it with transparent huge pages where it can.
 //!
 //! A page-aligned mapping (what an ordinary `mmap` returns) costs KVM a stage-2 fault per 4 KiB
-//! page the guest touches — measured here as ~10× more exits during a boot — and, in the
-//! emulated machine the tests run in, it was what made 2-vCPU guests lose timer wake-ups and
-//! hang in about one boot in six (see the README's "the 2-vCPU hang").
+//! page the guest touches — measured here as ~10× more exits during a boot, and boots 10–20 %
+//! slower. (It was first blamed for the 2-vCPU hang; that turned out to be the emulated
+//! machine's 6.1 KVM — see the README's "The 2-vCPU hang".)
 
 use std::io;
 
