@@ -193,14 +193,20 @@ mod tests {
         assert_eq!(next(), "timer", "the timer fires without any other event");
         queues[1].notify();
         assert_eq!(next(), "queue 1");
-        // Rings before the worker looks coalesce into one pass.
+        // Two rings give one pass, or two if the worker looked in between: which one depends on
+        // the scheduler (the notifier's own test pins the coalescing), never more.
         queues[0].notify();
         queues[0].notify();
-        assert_eq!(next(), "queue 0");
         // SAFETY: writes one byte from a valid buffer to our pipe.
         unsafe { libc::write(host_write.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
-        assert_eq!(next(), "host 7 true");
-        assert!(rx.recv_timeout(Duration::from_millis(50)).is_err(), "nothing else happened");
+        let mut seen = vec![next()];
+        while let Ok(call) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.push(call);
+        }
+        let queue_passes = seen.iter().filter(|c| *c == "queue 0").count();
+        assert!((1..=2).contains(&queue_passes), "{seen:?}");
+        assert_eq!(seen.iter().filter(|c| *c == "host 7 true").count(), 1, "{seen:?}");
+        assert_eq!(seen.len(), queue_passes + 1, "nothing else happened: {seen:?}");
 
         drop(worker); // returns only once the thread has ended
         queues[0].notify();
